@@ -1,0 +1,70 @@
+//! husk-agent: PID 1 of the husk guest.
+//!
+//! This first slice makes the guest a well-behaved machine: it mounts the kernel's file systems,
+//! announces that it is ready (with its uptime, so the host can measure boot time), reaps every
+//! orphan, and powers off or reboots on request. Given arguments (the kernel passes whatever
+//! follows `--` on its command line), it runs them once as a command and then powers off.
+
+mod init;
+
+use std::process::Command;
+use std::time::Duration;
+
+use init::Power;
+
+fn main() {
+    let pid1 = std::process::id() == 1;
+    if pid1 {
+        init::mount_basics();
+        init::ensure_console();
+        std::env::set_var("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+        std::env::set_var("HOME", "/root");
+    }
+    let signals = init::block_signals();
+
+    let facts = init::Facts::read();
+    println!(
+        "husk-agent: ready in {:.3} s ({} vCPUs, {} MiB, kernel {})",
+        facts.uptime.as_secs_f64(),
+        facts.cpus,
+        facts.mem_mib,
+        facts.kernel
+    );
+
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if !args.is_empty() {
+        let status = run_once(&args, &signals);
+        println!("husk-agent: command exited with status {status}");
+        init::power(Power::Off);
+    }
+    if !pid1 {
+        // Outside a guest (a developer trying the binary) there is nothing to supervise.
+        return;
+    }
+    loop {
+        match init::wait_signal(&signals, None) {
+            Some(init::Event::Power(p)) => init::power(p),
+            Some(init::Event::Child) | None => init::reap(),
+        }
+    }
+}
+
+/// Runs `args` with the console as stdio; returns its exit status, or 128+signal.
+fn run_once(args: &[String], signals: &init::SignalSet) -> i32 {
+    let child = match Command::new(&args[0]).args(&args[1..]).spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("husk-agent: cannot run {}: {e}", args[0]);
+            return 127;
+        }
+    };
+    let pid = child.id() as i32;
+    loop {
+        if let Some(status) = init::reap_until(pid) {
+            return status;
+        }
+        if let Some(init::Event::Power(p)) = init::wait_signal(signals, Some(Duration::from_secs(1))) {
+            init::power(p);
+        }
+    }
+}

@@ -1,0 +1,19 @@
+//! Emulated hardware.
+
+pub mod bus;
+pub mod legacy;
+pub mod virtio;
+
+/// Why the guest stopped running. Devices report power-off and reset; vCPUs report crashes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    /// The guest powered off (ACPI S5).
+    PowerOff,
+    /// The guest reset itself: a reboot, a kernel panic (`panic=-1`) or a triple fault.
+    Reset,
+    /// The guest cannot go on: KVM could not run or emulate it.
+    Crash(String),
+}
+
+/// Where devices and vCPUs report why the guest stopped; the VMM's main thread receives it.
+pub type StopSender = std::sync::mpsc::Sender<StopReason>;
