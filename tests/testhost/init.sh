@@ -38,12 +38,13 @@ finish() {
 # host through the io share when it is mounted.
 fail() {
   mark "FAILED: $*"
-  if mountpoint -q /io; then
+  if [ "$io_mounted" = 1 ]; then
     echo "$*" >/io/error
   fi
   finish
 }
 
+io_mounted=0
 mark "stage 1/6: init started"
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
@@ -66,7 +67,11 @@ opts=trans=virtio,version=9p2000.L,msize=512000
 # No cache on the io share: every write of the command reaches the host file at once, so the host
 # can stream it while the command runs.
 mount -t 9p -o "$opts" io /io || fail "cannot mount the io share (modules that failed:${failed_modules:- none})"
-[ -z "$failed_modules" ] || fail "kernel modules failed to load:$failed_modules"
+io_mounted=1
+case "$failed_modules" in
+  *kvm*) fail "kernel modules failed to load:$failed_modules (so there is no /dev/kvm: does the emulated CPU have svm?)" ;;
+  ?*) fail "kernel modules failed to load:$failed_modules" ;;
+esac
 [ -c /dev/kvm ] || fail "no /dev/kvm in the test host (kvm_amd loaded but created no device; does the CPU model have svm?)"
 mount -t 9p -o "$opts,ro,cache=loose" hostroot /hostroot || fail "cannot mount the host's root"
 
@@ -101,6 +106,7 @@ mark "stage 5/6: running the command"
 # the command through the host's env so that the environment is exactly the one the host sent.
 # File descriptors 3 and 4 carry argv and env; the redirections are made here, before the chroot,
 # so the io share never has to be visible inside the new root.
+# shellcheck disable=SC2016
 runner='
 mapfile -d "" -u 3 argv
 mapfile -d "" -u 4 envs

@@ -11,6 +11,9 @@
 # command there sees the host's file system (read-only 9p share plus a throw-away tmpfs overlay),
 # the same working directory and environment, stdin (when it is not a terminal), and its stdout,
 # stderr and exit status come back separately. See README.md beside this file for the details.
+
+# QEMU options are comma-separated by nature; cleanup() is reached through a trap.
+# shellcheck disable=SC2054,SC2317
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -32,9 +35,14 @@ EXIT_HOST=125
 say() { echo "husk-testhost: $*" >&2; }
 die() { say "$*"; exit "$EXIT_HOST"; }
 
+# Prints the usage lines at the top of this file; exits with $1.
 usage() {
-  sed -n '2,6s/^# \{0,1\}//p' "$self" >&2
-  exit "$EXIT_HOST"
+  if [ "$1" = 0 ]; then
+    sed -n '2,6s/^# \{0,1\}//p' "$self"
+  else
+    sed -n '2,6s/^# \{0,1\}//p' "$self" >&2
+  fi
+  exit "$1"
 }
 
 # --- where to run ----------------------------------------------------------------------------
@@ -129,7 +137,9 @@ kernel_package() {
   kpkg=${dep% *}
   kver=${dep#* }
   if mkdir -p "$cache_root" 2>/dev/null; then
-    echo "$sig $kpkg $kver" >"$memo.$$" && mv -f "$memo.$$" "$memo" || rm -f "$memo.$$"
+    if ! { echo "$sig $kpkg $kver" >"$memo.$$" && mv -f "$memo.$$" "$memo"; }; then
+      rm -f "$memo.$$"
+    fi
   fi
 }
 
@@ -320,6 +330,8 @@ run_in_vm() {
 
   prepare
 
+  # Temp dirs of runs that were SIGKILLed stay behind; drop those older than a day.
+  find "${TMPDIR:-/tmp}" -maxdepth 1 -type d -name 'husk-testhost.*' -mmin +1440 -exec rm -rf {} + 2>/dev/null || true
   tmp=$(mktemp -d "${TMPDIR:-/tmp}/husk-testhost.XXXXXX")
   local io="$tmp/io"
   mkdir "$io"
@@ -335,7 +347,7 @@ run_in_vm() {
   elif [ ! -t 0 ]; then
     # Read all of stdin before the boot; bounded by the same timeout as the whole run.
     local rc=0
-    timeout "$timeout_s" cat >"$io/stdin" 2>/dev/null || rc=$?
+    timeout --foreground "$timeout_s" cat >"$io/stdin" 2>/dev/null || rc=$?
     if [ "$rc" = 124 ]; then
       say "timed out after ${timeout_s}s (HUSK_TESTHOST_TIMEOUT) reading stdin"
       exit "$EXIT_TIMEOUT"
@@ -344,8 +356,10 @@ run_in_vm() {
   local share_args=()
   if [ -n "${HUSK_TESTHOST_SHARE:-}" ]; then
     local share
-    share=$(realpath -e -- "$HUSK_TESTHOST_SHARE" 2>/dev/null) && [ -d "$share" ] ||
+    share=$(realpath -e -- "$HUSK_TESTHOST_SHARE" 2>/dev/null || true)
+    if [ -z "$share" ] || [ ! -d "$share" ]; then
       die "HUSK_TESTHOST_SHARE=$HUSK_TESTHOST_SHARE is not a directory"
+    fi
     printf '%s' "$share" >"$io/share"
     share_args=(-fsdev "local,id=share,path=$share,security_model=none"
       -device virtio-9p-device,fsdev=share,mount_tag=share)
@@ -372,9 +386,11 @@ run_in_vm() {
   # The deadline covers the whole run so far (package checks, stdin, boot and command).
   local left=$((timeout_s - (SECONDS - started)))
   [ "$left" -gt 0 ] || left=1
-  # timeout(1) bounds QEMU even if this script is SIGKILLed; --pdeathsig kills QEMU if timeout(1)
-  # itself dies. QEMU's own messages go to a log, never to our stdout.
-  timeout -k 5 "$left" setpriv --pdeathsig KILL -- "${qemu[@]}" </dev/null >"$tmp/qemu.log" 2>&1 &
+  # timeout(1) bounds the VM's life. The parent-death signals chain the processes together: should
+  # this script be SIGKILLed (no trap runs then), timeout(1) dies with it and QEMU with timeout(1).
+  # QEMU's own messages go to a log, never to our stdout.
+  setpriv --pdeathsig KILL -- timeout -k 5 "$left" setpriv --pdeathsig KILL -- "${qemu[@]}" \
+    </dev/null >"$tmp/qemu.log" 2>&1 &
   vm_pid=$!
 
   # Stream the command's output while it runs. tail exits once the VM is gone, after a last read,
@@ -457,11 +473,11 @@ case "${1:-}" in
     echo "husk-testhost: L1 image ready in $cache_dir"
     exit 0
     ;;
-  --help | -h) usage ;;
+  --help | -h) usage 0 ;;
   --) shift ;;
-  -*) say "unknown option $1"; usage ;;
+  -*) say "unknown option $1"; usage "$EXIT_HOST" ;;
 esac
-[ $# -gt 0 ] || usage
+[ $# -gt 0 ] || usage "$EXIT_HOST"
 
 choose_mode
 if [ "$mode" = direct ]; then

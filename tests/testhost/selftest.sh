@@ -3,6 +3,9 @@
 # Takes about a minute; prints one line per check and "N passed, N failed" at the end.
 #   tests/testhost/selftest.sh            all checks
 #   tests/testhost/selftest.sh NAME...    only the named checks (see the check_* functions)
+
+# The commands given to `sh -c` are meant to expand inside the test host, not here.
+# shellcheck disable=SC2016
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -102,6 +105,11 @@ check_kvm_inside() {
   fi
 }
 
+check_kvm_runs() {
+  th python3 "$here/kvm_smoke.py"
+  if [ "$rc" = 0 ] && grep -q '^kvm ok' <<<"$out"; then ok "inside: a KVM guest runs code ($out)"; else bad kvm_runs "rc=$rc out=[$out] err=[$err]"; fi
+}
+
 check_writes() {
   mkdir "$work/share"
   rc=0
@@ -162,11 +170,12 @@ check_interrupt() {
   fi
 }
 
-all="streams stdin signal not_found large_output cwd_env_args kvm_inside writes concurrent timeout interrupt"
+all=(streams stdin signal not_found large_output cwd_env_args kvm_inside kvm_runs writes concurrent timeout interrupt)
 echo "selftest: $("$run" --check | head -n1)"
 # Build the image first, so that its progress notes do not land in the stderr of the first check.
 "$run" --prepare >/dev/null
-for name in ${*:-$all}; do
+[ $# = 0 ] || all=("$@")
+for name in "${all[@]}"; do
   "check_$name"
 done
 echo "$passed passed, $failed failed"

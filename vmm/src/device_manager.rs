@@ -16,7 +16,7 @@ use crate::devices::virtio::transport::mmio::MmioTransport;
 use crate::devices::virtio::{Interrupt, VirtioDevice};
 use crate::devices::StopSender;
 use crate::layout::{
-    ACPI_SLEEP_CONTROL_PORT, I8042_PORT, SERIAL_IRQ, SERIAL_PORT, VIRTIO_IRQS, VIRTIO_MMIO_SIZE,
+    ACPI_PM1A_EVT_PORT, I8042_PORT, SERIAL_IRQ, SERIAL_PORT, VIRTIO_IRQS, VIRTIO_MMIO_SIZE,
     VIRTIO_MMIO_START,
 };
 use crate::vstate::memory::GuestMemory;
@@ -83,7 +83,7 @@ impl DeviceManager {
         self.add_pio(Arc::new(Mutex::new(I8042::new(stop.clone()))), I8042_PORT, i8042::PORT_RANGE)?;
         self.add_pio(
             Arc::new(Mutex::new(AcpiPower::new(stop))),
-            ACPI_SLEEP_CONTROL_PORT,
+            ACPI_PM1A_EVT_PORT,
             power::PORT_RANGE,
         )?;
         self.serial = Some(serial.clone());

@@ -43,14 +43,19 @@ pub const KVM_IDENTITY_MAP_ADDR: u64 = 0xfffb_c000;
 pub const SERIAL_PORT: u16 = 0x3f8;
 pub const SERIAL_IRQ: u32 = 4;
 pub const I8042_PORT: u16 = 0x60;
-/// ACPI hardware-reduced sleep control / status and reset registers (our choice of ports).
-pub const ACPI_SLEEP_CONTROL_PORT: u16 = 0x600;
-pub const ACPI_SLEEP_STATUS_PORT: u16 = 0x601;
-pub const ACPI_RESET_PORT: u16 = 0x602;
+/// ACPI fixed hardware (our choice of ports): PM1a event block (status + enable, 4 bytes),
+/// PM1a control block (2 bytes) and the reset register.
+pub const ACPI_PM1A_EVT_PORT: u16 = 0x600;
+pub const ACPI_PM1A_EVT_LEN: u8 = 4;
+pub const ACPI_PM1A_CNT_PORT: u16 = 0x604;
+pub const ACPI_PM1A_CNT_LEN: u8 = 2;
+pub const ACPI_RESET_PORT: u16 = 0x606;
 pub const ACPI_RESET_VALUE: u8 = 0x1;
+/// The ACPI system control interrupt; we never raise it, but the guest wants one to exist.
+pub const ACPI_SCI_IRQ: u16 = 9;
 /// IRQs for virtio-mmio devices: the ISA lines that nothing else uses. Linux identity-maps ISA
 /// IRQs 0-15 onto the IOAPIC when ACPI gives no overrides, so these work as command-line devices.
-pub const VIRTIO_IRQS: [u32; 10] = [5, 6, 7, 9, 10, 11, 12, 13, 14, 15];
+pub const VIRTIO_IRQS: [u32; 9] = [5, 6, 7, 10, 11, 12, 13, 14, 15];
 
 /// The smallest guest we agree to boot.
 pub const MIN_MEMORY_MIB: u64 = 64;

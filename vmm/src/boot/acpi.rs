@@ -1,6 +1,10 @@
-//! Hardware-reduced ACPI tables: the CPU list (MADT), power-off through the sleep control
-//! register and reset through the reset register (FADT), and `\_S5` in the DSDT so that the
-//! guest knows it may power off. Nothing else: no PCI, no legacy PM blocks, no SCI.
+//! ACPI tables: the CPU list (MADT), power-off through the PM1a control register and reset
+//! through the reset register (FADT), and `\_S5` in the DSDT so that the guest knows it may
+//! power off. Nothing else: no PCI, no PM timer, no GPEs, no buttons, no CMOS RTC.
+//!
+//! The FADT is a full (not hardware-reduced) one on purpose: Linux drops the legacy PIC and its
+//! ISA IRQs on hardware-reduced platforms, and our serial port and command-line virtio-mmio
+//! devices live on those IRQs.
 
 use acpi_tables::{aml, Aml};
 use acpi_tables::fadt::{FADTBuilder, Flags};
@@ -13,18 +17,22 @@ use vm_memory::{Bytes, GuestAddress};
 
 use super::BootError;
 use crate::layout::{
-    ACPI_END, ACPI_RESET_PORT, ACPI_RESET_VALUE, ACPI_SLEEP_CONTROL_PORT, ACPI_SLEEP_STATUS_PORT,
-    ACPI_START, APIC_ADDR, IOAPIC_ADDR,
+    ACPI_END, ACPI_PM1A_CNT_LEN, ACPI_PM1A_CNT_PORT, ACPI_PM1A_EVT_LEN, ACPI_PM1A_EVT_PORT,
+    ACPI_RESET_PORT, ACPI_RESET_VALUE, ACPI_SCI_IRQ, ACPI_START, APIC_ADDR, IOAPIC_ADDR,
 };
 use crate::vstate::memory::GuestMemory;
 
 const OEM_ID: [u8; 6] = *b"HUSK  ";
 const OEM_TABLE_ID: [u8; 8] = *b"HUSKVMM ";
 const OEM_REVISION: u32 = 1;
-/// The sleep type we give S5; the guest writes `(S5_TYPE << 2) | SLP_EN` to power off.
+/// The sleep type we give S5; the guest writes `(S5_TYPE << 10) | SLP_EN` to PM1a control.
 pub const S5_SLEEP_TYPE: u8 = 5;
-/// SLP_EN in the hardware-reduced sleep control register.
-pub const SLEEP_ENABLE: u8 = 1 << 5;
+/// SLP_EN in the PM1 control register.
+pub const PM1_SLEEP_ENABLE: u16 = 1 << 13;
+/// SCI_EN in the PM1 control register: the platform is in ACPI mode (always, for us).
+pub const PM1_SCI_ENABLE: u16 = 1;
+/// IA-PC boot architecture flags: no VGA, no MSI, no CMOS RTC (we emulate none of them).
+const IAPC_BOOT_ARCH: u16 = (1 << 2) | (1 << 3) | (1 << 5);
 
 /// Builds every table; returns (guest address, bytes) pairs, RSDP first.
 pub fn build_tables(vcpu_count: u8) -> Vec<(u64, Vec<u8>)> {
@@ -49,8 +57,9 @@ pub fn build_tables(vcpu_count: u8) -> Vec<(u64, Vec<u8>)> {
     madt.add_structure(IoApic::new(0, IOAPIC_ADDR, 0));
     let madt = to_bytes(&madt);
 
-    let io_byte = |port: u16| GAS::new(AddressSpace::SystemIo, 8, 0, AccessSize::ByteAccess, port.into());
-    // Placeholder DSDT address; fixed below once the layout is known.
+    let io = |port: u16, bytes: u8, access| {
+        GAS::new(AddressSpace::SystemIo, bytes * 8, 0, access, port.into())
+    };
     let fadt_len = acpi_tables::fadt::FADT::len() as u64;
     let fadt_addr = align(xsdt_addr + 36 + 3 * 8);
     let madt_addr = align(fadt_addr + fadt_len);
@@ -58,11 +67,20 @@ pub fn build_tables(vcpu_count: u8) -> Vec<(u64, Vec<u8>)> {
 
     let mut fadt = FADTBuilder::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION)
         .dsdt_64(dsdt_addr)
-        .flag(Flags::HwReducedAcpi)
-        .flag(Flags::ResetRegSup);
-    fadt.sleep_control_reg = io_byte(ACPI_SLEEP_CONTROL_PORT);
-    fadt.sleep_status_reg = io_byte(ACPI_SLEEP_STATUS_PORT);
-    fadt.reset_reg = io_byte(ACPI_RESET_PORT);
+        .flag(Flags::Wbinvd)
+        .flag(Flags::PwrButton)
+        .flag(Flags::SlpButton)
+        .flag(Flags::ResetRegSup)
+        .flag(Flags::Headless);
+    fadt.sci_int = ACPI_SCI_IRQ.into();
+    fadt.iapc_boot_arch = IAPC_BOOT_ARCH.into();
+    fadt.pm1a_evt_blk = u32::from(ACPI_PM1A_EVT_PORT).into();
+    fadt.pm1_evt_len = ACPI_PM1A_EVT_LEN;
+    fadt.x_pm1a_evt_blk = io(ACPI_PM1A_EVT_PORT, ACPI_PM1A_EVT_LEN, AccessSize::WordAccess);
+    fadt.pm1a_cnt_blk = u32::from(ACPI_PM1A_CNT_PORT).into();
+    fadt.pm1_cnt_len = ACPI_PM1A_CNT_LEN;
+    fadt.x_pm1a_cnt_blk = io(ACPI_PM1A_CNT_PORT, ACPI_PM1A_CNT_LEN, AccessSize::WordAccess);
+    fadt.reset_reg = io(ACPI_RESET_PORT, 1, AccessSize::ByteAccess);
     fadt.reset_value = ACPI_RESET_VALUE;
     let fadt = to_bytes(&fadt.finalize());
 

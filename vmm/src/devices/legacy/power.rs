@@ -1,45 +1,51 @@
-//! The hardware-reduced ACPI sleep control, sleep status and reset registers (ports named in the
-//! FADT, see `boot::acpi`). Power-off is S5 through the sleep control register.
+//! ACPI fixed hardware, as far as a microVM needs it: the PM1a event block (nothing ever
+//! happens), the PM1a control block (power-off by entering S5) and the reset register. The
+//! ports are named in the FADT, see `boot::acpi`.
 
-use crate::boot::acpi::{S5_SLEEP_TYPE, SLEEP_ENABLE};
+use crate::boot::acpi::{PM1_SCI_ENABLE, PM1_SLEEP_ENABLE, S5_SLEEP_TYPE};
 use crate::devices::bus::BusDevice;
 use crate::devices::{StopReason, StopSender};
-use crate::layout::{
-    ACPI_RESET_PORT, ACPI_RESET_VALUE, ACPI_SLEEP_CONTROL_PORT,
-};
+use crate::layout::{ACPI_PM1A_CNT_PORT, ACPI_PM1A_EVT_PORT, ACPI_RESET_PORT, ACPI_RESET_VALUE};
 
-/// Ports from the sleep control register to the reset register.
-pub const PORT_RANGE: u64 = (ACPI_RESET_PORT - ACPI_SLEEP_CONTROL_PORT + 1) as u64;
-const CONTROL: u64 = 0;
-const RESET: u64 = (ACPI_RESET_PORT - ACPI_SLEEP_CONTROL_PORT) as u64;
+/// Ports from the PM1a event block to the reset register.
+pub const PORT_RANGE: u64 = (ACPI_RESET_PORT - ACPI_PM1A_EVT_PORT + 1) as u64;
+const PM1_CONTROL: u64 = (ACPI_PM1A_CNT_PORT - ACPI_PM1A_EVT_PORT) as u64;
+const RESET: u64 = (ACPI_RESET_PORT - ACPI_PM1A_EVT_PORT) as u64;
 
 pub struct AcpiPower {
-    requests: StopSender,
+    stop: StopSender,
 }
 
 impl AcpiPower {
-    pub fn new(requests: StopSender) -> Self {
-        Self { requests }
+    pub fn new(stop: StopSender) -> Self {
+        Self { stop }
     }
 }
 
 impl BusDevice for AcpiPower {
-    fn read(&mut self, _offset: u64, data: &mut [u8]) {
-        // Every register reads 0; for the status register that means "not woken".
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
         data.fill(0);
+        // PM1 control always says "ACPI mode": there is no SMI handshake to switch into it.
+        if offset == PM1_CONTROL {
+            if let Some(b) = data.first_mut() {
+                *b = PM1_SCI_ENABLE as u8;
+            }
+        }
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
-        let [value] = data else { return };
-        let request = match offset {
-            CONTROL if value & SLEEP_ENABLE != 0 && (value >> 2) & 0x7 == S5_SLEEP_TYPE => {
-                Some(StopReason::PowerOff)
+        let request = match (offset, data) {
+            (PM1_CONTROL, [lo, hi]) => {
+                let v = u16::from_le_bytes([*lo, *hi]);
+                let sleep_type = ((v >> 10) & 0x7) as u8;
+                (v & PM1_SLEEP_ENABLE != 0 && sleep_type == S5_SLEEP_TYPE)
+                    .then_some(StopReason::PowerOff)
             }
-            RESET if *value == ACPI_RESET_VALUE => Some(StopReason::Reset),
+            (RESET, [v]) if *v == ACPI_RESET_VALUE => Some(StopReason::Reset),
             _ => None,
         };
         if let Some(r) = request {
-            let _ = self.requests.send(r);
+            let _ = self.stop.send(r);
         }
     }
 }
@@ -48,15 +54,22 @@ impl BusDevice for AcpiPower {
 mod tests {
     use super::*;
 
+    fn pm1(v: u16) -> [u8; 2] {
+        v.to_le_bytes()
+    }
+
     #[test]
-    fn s5_with_sleep_enable_powers_off() {
+    fn entering_s5_powers_off() {
         let (tx, rx) = std::sync::mpsc::channel();
         let mut dev = AcpiPower::new(tx);
-        dev.write(CONTROL, &[S5_SLEEP_TYPE << 2]);
+        let s5 = u16::from(S5_SLEEP_TYPE) << 10;
+        dev.write(PM1_CONTROL, &pm1(s5));
         assert!(rx.try_recv().is_err(), "no SLP_EN, no power-off");
-        dev.write(CONTROL, &[(3 << 2) | SLEEP_ENABLE]);
+        dev.write(PM1_CONTROL, &pm1((3 << 10) | PM1_SLEEP_ENABLE));
         assert!(rx.try_recv().is_err(), "S3 is not supported");
-        dev.write(CONTROL, &[(S5_SLEEP_TYPE << 2) | SLEEP_ENABLE]);
+        dev.write(PM1_CONTROL, &pm1(s5 | PM1_SLEEP_ENABLE)[..1]);
+        assert!(rx.try_recv().is_err(), "byte writes are ignored");
+        dev.write(PM1_CONTROL, &pm1(s5 | PM1_SLEEP_ENABLE));
         assert_eq!(rx.try_recv().unwrap(), StopReason::PowerOff);
     }
 
@@ -68,7 +81,16 @@ mod tests {
         assert!(rx.try_recv().is_err());
         dev.write(RESET, &[ACPI_RESET_VALUE]);
         assert_eq!(rx.try_recv().unwrap(), StopReason::Reset);
-        dev.write(RESET, &[ACPI_RESET_VALUE, 0]);
-        assert!(rx.try_recv().is_err(), "wide writes are ignored");
+    }
+
+    #[test]
+    fn pm1_control_reads_acpi_mode() {
+        let (tx, _rx) = std::sync::mpsc::channel();
+        let mut dev = AcpiPower::new(tx);
+        let mut b = [0xff; 2];
+        dev.read(PM1_CONTROL, &mut b);
+        assert_eq!(u16::from_le_bytes(b), PM1_SCI_ENABLE);
+        dev.read(0, &mut b);
+        assert_eq!(b, [0, 0]);
     }
 }
