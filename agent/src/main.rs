@@ -3,7 +3,9 @@
 //! This first slice makes the guest a well-behaved machine: it mounts the kernel's file systems,
 //! announces that it is ready (with its uptime, so the host can measure boot time), reaps every
 //! orphan, and powers off or reboots on request. Given arguments (the kernel passes whatever
-//! follows `--` on its command line), it runs them once as a command and then powers off.
+//! follows `--` on its command line), it runs them once as a command with the console as its
+//! terminal (`-- /bin/sh` is a debug shell) and then powers off. Given none, it has nothing to
+//! serve yet (the host channel comes with vsock), so it powers off right after the ready line.
 
 mod init;
 
@@ -32,15 +34,18 @@ fn main() {
     );
 
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if !args.is_empty() {
-        let status = run_once(&args, &signals);
-        println!("husk-agent: command exited with status {status}");
-        init::power(Power::Off);
-    }
     if !pid1 {
         // Outside a guest (a developer trying the binary) there is nothing to supervise.
         return;
     }
+    if args.is_empty() {
+        println!("husk-agent: nothing to serve (no command given, no host channel)");
+    } else {
+        let status = run_once(&args, &signals);
+        println!("husk-agent: command exited with status {status}");
+    }
+    init::power(Power::Off);
+    // Only reached if the kernel refused to power off; keep being a good init.
     loop {
         match init::wait_signal(&signals, None) {
             Some(init::Event::Power(p)) => init::power(p),

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# `make bench`: boot-time table of husk-vmm against QEMU microvm, run where standard KVM is
+# (inside the test host on PVM machines, see tests/testhost/README.md).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+runs=${HUSK_BENCH_RUNS:-5}
+where=$(tests/testhost/run.sh --check 2>/dev/null | head -1 || true)
+echo "Where: ${where:-unknown}"
+HUSK_TESTHOST_TIMEOUT=${HUSK_TESTHOST_TIMEOUT:-1200} tests/testhost/run.sh python3 tests/bench/boot_bench.py \
+  target/release/husk-vmm target/guest/vmlinux target/guest/initramfs.img "$runs" </dev/null

@@ -1,0 +1,119 @@
+//! A small harness for husk's integration tests: paths of the built artifacts, and running a
+//! batch of commands where standard KVM is available (the test host, `tests/testhost/run.sh`).
+//!
+//! Booting the test host costs seconds, so tests that need a VM share one batch per test file:
+//! the batch runs every scenario in one test-host boot, and each `#[test]` checks its own
+//! scenario's section of the output.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// A built artifact, relative to the repository root; panics with the command that builds it.
+pub fn artifact(rel: &str) -> PathBuf {
+    let p = repo().join(rel);
+    assert!(
+        p.exists(),
+        "{} is missing: run `make build guest-image` first (make test does)",
+        p.display()
+    );
+    p
+}
+
+pub fn vmm() -> PathBuf {
+    artifact("target/release/husk-vmm")
+}
+
+pub fn kernel() -> PathBuf {
+    artifact("target/guest/vmlinux")
+}
+
+pub fn initrd() -> PathBuf {
+    artifact("target/guest/initramfs.img")
+}
+
+/// Runs `cmd` on this host, with no stdin.
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+}
+
+/// One scenario's output (stdout and stderr interleaved) and exit status.
+#[derive(Debug, Clone)]
+pub struct Section {
+    pub output: String,
+    pub status: i32,
+}
+
+/// Runs named shell scenarios in one test-host boot. Each scenario is a shell command line; its
+/// stdout and stderr are captured together, with its exit status.
+pub fn run_batch(scenarios: &[(&str, String)]) -> BTreeMap<String, Section> {
+    let mut script = String::from("set +e\ncd \"$HUSK_REPO\"\n");
+    for (name, cmd) in scenarios {
+        script.push_str(&format!(
+            "echo '=== begin {name}'\n( {cmd} ) </dev/null 2>&1\necho \"=== end {name} $?\"\n"
+        ));
+    }
+    let out = run(Command::new(repo().join("tests/testhost/run.sh"))
+        .args(["sh", "-c", &script])
+        .env("HUSK_REPO", repo())
+        .current_dir(repo()));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "the test host failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    parse_sections(&stdout)
+}
+
+fn parse_sections(stdout: &str) -> BTreeMap<String, Section> {
+    let mut sections = BTreeMap::new();
+    let mut current: Option<(String, String)> = None;
+    for line in stdout.lines() {
+        if let Some(name) = line.strip_prefix("=== begin ") {
+            current = Some((name.to_string(), String::new()));
+        } else if let Some(rest) = line.strip_prefix("=== end ") {
+            let (name, status) = rest.rsplit_once(' ').unwrap_or((rest, "-1"));
+            if let Some((cur, output)) = current.take() {
+                if cur == name {
+                    let status = status.parse().unwrap_or(-1);
+                    sections.insert(cur, Section { output, status });
+                }
+            }
+        } else if let Some((_, output)) = current.as_mut() {
+            output.push_str(line);
+            output.push('\n');
+        }
+    }
+    sections
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sections_are_split_by_markers() {
+        let s = parse_sections("noise\n=== begin a\nx\ny\n=== end a 3\n=== begin b\n=== end b 0\n");
+        assert_eq!(s["a"].output, "x\ny\n");
+        assert_eq!(s["a"].status, 3);
+        assert_eq!(s["b"].status, 0);
+    }
+
+    #[test]
+    fn unterminated_section_is_missing() {
+        let s = parse_sections("=== begin a\nx\n");
+        assert!(!s.contains_key("a"));
+    }
+}
