@@ -12,11 +12,23 @@ const MOUNTS: &[(&str, &str, &str, libc::c_ulong, &str)] = &[
     ("proc", "/proc", "proc", NOSUID_NODEV | libc::MS_NOEXEC, ""),
     ("sysfs", "/sys", "sysfs", NOSUID_NODEV | libc::MS_NOEXEC, ""),
     ("devtmpfs", "/dev", "devtmpfs", libc::MS_NOSUID, "mode=0755"),
-    ("devpts", "/dev/pts", "devpts", libc::MS_NOSUID | libc::MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620"),
+    (
+        "devpts",
+        "/dev/pts",
+        "devpts",
+        libc::MS_NOSUID | libc::MS_NOEXEC,
+        "newinstance,ptmxmode=0666,mode=0620",
+    ),
     ("tmpfs", "/dev/shm", "tmpfs", NOSUID_NODEV, "mode=1777"),
     ("tmpfs", "/run", "tmpfs", NOSUID_NODEV, "mode=0755"),
     ("tmpfs", "/tmp", "tmpfs", NOSUID_NODEV, "mode=1777"),
-    ("cgroup2", "/sys/fs/cgroup", "cgroup2", NOSUID_NODEV | libc::MS_NOEXEC, ""),
+    (
+        "cgroup2",
+        "/sys/fs/cgroup",
+        "cgroup2",
+        NOSUID_NODEV | libc::MS_NOEXEC,
+        "",
+    ),
 ];
 
 pub fn mount_basics() {
@@ -51,7 +63,11 @@ pub fn ensure_console() {
     if stdout_ok {
         return;
     }
-    if let Ok(console) = OpenOptions::new().read(true).write(true).open("/dev/console") {
+    if let Ok(console) = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/console")
+    {
         for fd in 0..3 {
             // SAFETY: `console` is an open descriptor; dup2 onto 0-2 replaces nothing we own.
             unsafe { libc::dup2(console.as_raw_fd(), fd) };
@@ -195,11 +211,14 @@ fn reap_one() -> Option<(i32, i32)> {
 /// Stops every process, syncs, and asks the kernel to power off, reboot or halt. Returns only if
 /// the kernel refused.
 pub fn power(p: Power) {
-    println!("husk-agent: {}", match p {
-        Power::Off => "powering off",
-        Power::Reboot => "rebooting",
-        Power::Halt => "halting",
-    });
+    println!(
+        "husk-agent: {}",
+        match p {
+            Power::Off => "powering off",
+            Power::Reboot => "rebooting",
+            Power::Halt => "halting",
+        }
+    );
     // SAFETY: signalling every other process is what a shutting-down init does; errors (no
     // other process) are harmless.
     unsafe { libc::kill(-1, libc::SIGTERM) };
@@ -216,6 +235,9 @@ pub fn power(p: Power) {
     };
     // SAFETY: reboot(2) with a valid command; if it fails (no CAP_SYS_BOOT) we say so and go on.
     if unsafe { libc::reboot(cmd) } != 0 {
-        eprintln!("husk-agent: cannot {p:?}: {}", std::io::Error::last_os_error());
+        eprintln!(
+            "husk-agent: cannot {p:?}: {}",
+            std::io::Error::last_os_error()
+        );
     }
 }

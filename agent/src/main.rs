@@ -19,7 +19,10 @@ fn main() {
     if pid1 {
         init::mount_basics();
         init::ensure_console();
-        std::env::set_var("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+        std::env::set_var(
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        );
         std::env::set_var("HOME", "/root");
     }
     let signals = init::block_signals();
@@ -68,7 +71,9 @@ fn run_once(args: &[String], signals: &init::SignalSet) -> i32 {
         if let Some(status) = init::reap_until(pid) {
             return status;
         }
-        if let Some(init::Event::Power(p)) = init::wait_signal(signals, Some(Duration::from_secs(1))) {
+        if let Some(init::Event::Power(p)) =
+            init::wait_signal(signals, Some(Duration::from_secs(1)))
+        {
             init::power(p);
         }
     }

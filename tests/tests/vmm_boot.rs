@@ -31,7 +31,10 @@ fn batch() -> &'static BTreeMap<String, Section> {
             ("idle", boot(2, "")),
             ("guest_poweroff", boot(1, "-- /bin/busybox poweroff")),
             ("guest_reboot", boot(1, "-- /bin/busybox reboot -f")),
-            ("exit_status", boot(1, "-- /bin/sh -c \"echo from-guest; exit 5\"")),
+            (
+                "exit_status",
+                boot(1, "-- /bin/sh -c \"echo from-guest; exit 5\""),
+            ),
         ])
     })
 }
@@ -54,7 +57,11 @@ fn line_after<'a>(s: &'a Section, marker: &str) -> &'a str {
 fn boots_one_vcpu_to_the_agent() {
     let s = section("one_vcpu");
     assert!(line_after(s, READY).contains("(1 vCPUs, "), "{}", s.output);
-    assert!(s.output.lines().any(|l| l.trim() == "1"), "nproc in the guest: {}", s.output);
+    assert!(
+        s.output.lines().any(|l| l.trim() == "1"),
+        "nproc in the guest: {}",
+        s.output
+    );
     assert_eq!(s.status, 0, "{}", s.output);
 }
 
@@ -62,7 +69,11 @@ fn boots_one_vcpu_to_the_agent() {
 fn boots_two_vcpus_and_the_guest_sees_both() {
     let s = section("two_vcpus");
     assert!(line_after(s, READY).contains("(2 vCPUs, "), "{}", s.output);
-    assert!(s.output.lines().any(|l| l.trim() == "2"), "nproc in the guest: {}", s.output);
+    assert!(
+        s.output.lines().any(|l| l.trim() == "2"),
+        "nproc in the guest: {}",
+        s.output
+    );
     assert_eq!(s.status, 0, "{}", s.output);
 }
 
@@ -71,14 +82,22 @@ fn idle_guest_prints_ready_and_powers_off() {
     let s = section("idle");
     let ready = line_after(s, READY);
     assert!(ready.contains("MiB, kernel 6.1"), "{ready}");
-    assert!(s.output.contains("husk-agent: powering off"), "{}", s.output);
+    assert!(
+        s.output.contains("husk-agent: powering off"),
+        "{}",
+        s.output
+    );
     assert_eq!(s.status, 0, "{}", s.output);
 }
 
 #[test]
 fn guest_poweroff_exits_zero() {
     let s = section("guest_poweroff");
-    assert!(s.output.contains("husk-agent: powering off"), "{}", s.output);
+    assert!(
+        s.output.contains("husk-agent: powering off"),
+        "{}",
+        s.output
+    );
     assert_eq!(s.status, 0, "{}", s.output);
 }
 
@@ -92,8 +111,17 @@ fn guest_reboot_exits_three() {
 #[test]
 fn guest_command_output_reaches_the_console() {
     let s = section("exit_status");
-    assert!(s.output.lines().any(|l| l.trim() == "from-guest"), "{}", s.output);
-    assert!(s.output.contains("husk-agent: command exited with status 5"), "{}", s.output);
+    assert!(
+        s.output.lines().any(|l| l.trim() == "from-guest"),
+        "{}",
+        s.output
+    );
+    assert!(
+        s.output
+            .contains("husk-agent: command exited with status 5"),
+        "{}",
+        s.output
+    );
     assert_eq!(s.status, 0, "a guest that powers off exits 0: {}", s.output);
 }
 
@@ -111,22 +139,36 @@ fn vmm_cmd(args: &[&str]) -> (i32, String) {
 fn missing_kernel_is_named() {
     let (code, err) = vmm_cmd(&["--kernel", "/nonexistent/vmlinux"]);
     assert_eq!(code, 1);
-    assert_eq!(err.trim(), "husk-vmm: Kernel /nonexistent/vmlinux does not exist");
+    assert_eq!(
+        err.trim(),
+        "husk-vmm: Kernel /nonexistent/vmlinux does not exist"
+    );
 }
 
 #[test]
 fn unreadable_kernel_is_named() {
     let (code, err) = vmm_cmd(&["--kernel", "/proc"]);
     assert_eq!(code, 1);
-    assert!(err.starts_with("husk-vmm: Kernel /proc cannot be read"), "{err}");
+    assert!(
+        err.starts_with("husk-vmm: Kernel /proc cannot be read"),
+        "{err}"
+    );
 }
 
 #[test]
 fn missing_initramfs_is_named() {
     let k = kernel();
-    let (code, err) = vmm_cmd(&["--kernel", k.to_str().unwrap(), "--initrd", "/nonexistent/i.img"]);
+    let (code, err) = vmm_cmd(&[
+        "--kernel",
+        k.to_str().unwrap(),
+        "--initrd",
+        "/nonexistent/i.img",
+    ]);
     assert_eq!(code, 1);
-    assert_eq!(err.trim(), "husk-vmm: Initramfs /nonexistent/i.img does not exist");
+    assert_eq!(
+        err.trim(),
+        "husk-vmm: Initramfs /nonexistent/i.img does not exist"
+    );
 }
 
 #[test]
@@ -153,7 +195,10 @@ fn no_dev_kvm_is_explained() {
     let out = run(Command::new("unshare").args(["--mount", "sh", "-c", &script]));
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("/dev/kvm does not exist: enable virtualization"), "{err}");
+    assert!(
+        err.contains("/dev/kvm does not exist: enable virtualization"),
+        "{err}"
+    );
 }
 
 #[test]

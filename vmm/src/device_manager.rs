@@ -66,8 +66,15 @@ impl DeviceManager {
         Ok(evt)
     }
 
-    fn add_pio(&mut self, dev: Arc<Mutex<dyn BusDevice>>, port: u16, len: u64) -> Result<(), DeviceError> {
-        self.pio.insert(dev, u64::from(port), len).map_err(DeviceError::Bus)
+    fn add_pio(
+        &mut self,
+        dev: Arc<Mutex<dyn BusDevice>>,
+        port: u16,
+        len: u64,
+    ) -> Result<(), DeviceError> {
+        self.pio
+            .insert(dev, u64::from(port), len)
+            .map_err(DeviceError::Bus)
     }
 
     /// The serial console on COM1, the i8042 reset line and the ACPI power ports.
@@ -80,7 +87,11 @@ impl DeviceManager {
         let irq = Self::irqfd(vm, SERIAL_IRQ, "the serial console")?;
         let serial = Arc::new(Mutex::new(SerialConsole::new(irq, console)));
         self.add_pio(serial.clone(), SERIAL_PORT, 8)?;
-        self.add_pio(Arc::new(Mutex::new(I8042::new(stop.clone()))), I8042_PORT, i8042::PORT_RANGE)?;
+        self.add_pio(
+            Arc::new(Mutex::new(I8042::new(stop.clone()))),
+            I8042_PORT,
+            i8042::PORT_RANGE,
+        )?;
         self.add_pio(
             Arc::new(Mutex::new(AcpiPower::new(stop))),
             ACPI_PM1A_EVT_PORT,
@@ -114,7 +125,12 @@ impl DeviceManager {
     pub fn describe_on_cmdline(&self, cmdline: &mut Cmdline) -> Result<(), DeviceError> {
         for (i, &(base, irq)) in self.virtio.iter().enumerate() {
             cmdline
-                .add_virtio_mmio_device(VIRTIO_MMIO_SIZE, vm_memory::GuestAddress(base), irq, Some(i as u32))
+                .add_virtio_mmio_device(
+                    VIRTIO_MMIO_SIZE,
+                    vm_memory::GuestAddress(base),
+                    irq,
+                    Some(i as u32),
+                )
                 .map_err(|e| DeviceError::Cmdline(base, e))?;
         }
         Ok(())

@@ -10,7 +10,11 @@ use clap::Parser;
 use husk_vmm::{ConsoleOutput, ExitReason, VmConfig};
 
 #[derive(Parser, Debug)]
-#[command(name = "husk-vmm", version, about = "Boot a Linux guest in a KVM microVM")]
+#[command(
+    name = "husk-vmm",
+    version,
+    about = "Boot a Linux guest in a KVM microVM"
+)]
 struct Args {
     /// Uncompressed guest kernel (ELF vmlinux).
     #[arg(long)]
@@ -65,7 +69,9 @@ fn main() -> ExitCode {
         Ok(reason) => {
             match &reason {
                 ExitReason::PowerOff => tracing::info!("guest powered off"),
-                ExitReason::Reset => eprintln!("husk-vmm: the guest reset (reboot, kernel panic or triple fault)"),
+                ExitReason::Reset => {
+                    eprintln!("husk-vmm: the guest reset (reboot, kernel panic or triple fault)")
+                }
                 ExitReason::Crash(why) => eprintln!("husk-vmm: the guest crashed: {why}"),
             }
             ExitCode::from(reason.exit_code() as u8)

@@ -23,7 +23,8 @@ use crate::vstate::vm::{self, VmError};
 
 /// Kernel parameters used when the caller gives none: console on the first UART, reboot on
 /// panic (the VMM then exits), no legacy probing, and quiet so the slow serial port stays idle.
-pub const DEFAULT_CMDLINE: &str = "console=ttyS0 quiet panic=-1 8250.nr_uarts=1 tsc=reliable no_timer_check";
+pub const DEFAULT_CMDLINE: &str =
+    "console=ttyS0 quiet panic=-1 8250.nr_uarts=1 tsc=reliable no_timer_check";
 /// The most vCPUs we describe in ACPI and test.
 pub const MAX_VCPUS: u8 = 64;
 
@@ -120,7 +121,11 @@ impl VmConfig {
     }
 
     fn kernel_cmdline(&self) -> Result<Cmdline, VmmError> {
-        let mut raw = self.cmdline.as_deref().unwrap_or(DEFAULT_CMDLINE).to_string();
+        let mut raw = self
+            .cmdline
+            .as_deref()
+            .unwrap_or(DEFAULT_CMDLINE)
+            .to_string();
         if let Some(extra) = &self.append {
             raw.push(' ');
             raw.push_str(extra);
@@ -255,28 +260,49 @@ mod tests {
 
     #[test]
     fn zero_and_too_many_vcpus_are_refused() {
-        let c = VmConfig { vcpus: 0, ..config() };
+        let c = VmConfig {
+            vcpus: 0,
+            ..config()
+        };
         assert!(matches!(c.validate(), Err(VmmError::VcpuCount(0))));
-        let c = VmConfig { vcpus: 65, ..config() };
+        let c = VmConfig {
+            vcpus: 65,
+            ..config()
+        };
         assert!(matches!(c.validate(), Err(VmmError::VcpuCount(65))));
     }
 
     #[test]
     fn too_little_memory_is_refused() {
-        let c = VmConfig { memory_mib: 16, ..config() };
+        let c = VmConfig {
+            memory_mib: 16,
+            ..config()
+        };
         let e = c.validate().unwrap_err();
-        assert_eq!(e.to_string(), "Guest memory of 16 MiB is too small: the guest needs at least 64 MiB");
+        assert_eq!(
+            e.to_string(),
+            "Guest memory of 16 MiB is too small: the guest needs at least 64 MiB"
+        );
     }
 
     #[test]
     fn missing_kernel_names_the_path() {
-        let c = VmConfig { kernel: "/nonexistent/vmlinux".into(), ..config() };
-        assert_eq!(c.validate().unwrap_err().to_string(), "Kernel /nonexistent/vmlinux does not exist");
+        let c = VmConfig {
+            kernel: "/nonexistent/vmlinux".into(),
+            ..config()
+        };
+        assert_eq!(
+            c.validate().unwrap_err().to_string(),
+            "Kernel /nonexistent/vmlinux does not exist"
+        );
     }
 
     #[test]
     fn missing_initrd_names_the_path() {
-        let c = VmConfig { initrd: Some("/nonexistent/initramfs.img".into()), ..config() };
+        let c = VmConfig {
+            initrd: Some("/nonexistent/initramfs.img".into()),
+            ..config()
+        };
         assert_eq!(
             c.validate().unwrap_err().to_string(),
             "Initramfs /nonexistent/initramfs.img does not exist"
@@ -286,13 +312,23 @@ mod tests {
     #[test]
     fn unreadable_kernel_is_refused() {
         // A directory exists but cannot be read as a file.
-        let c = VmConfig { kernel: "/".into(), ..config() };
-        assert!(c.validate().unwrap_err().to_string().starts_with("Kernel / cannot be read"));
+        let c = VmConfig {
+            kernel: "/".into(),
+            ..config()
+        };
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .starts_with("Kernel / cannot be read"));
     }
 
     #[test]
     fn append_goes_after_the_default_parameters() {
-        let c = VmConfig { append: Some("-- /bin/sh -c true".into()), ..config() };
+        let c = VmConfig {
+            append: Some("-- /bin/sh -c true".into()),
+            ..config()
+        };
         let s = c.kernel_cmdline().unwrap().as_cstring().unwrap();
         let s = s.to_str().unwrap();
         assert!(s.starts_with(DEFAULT_CMDLINE));
@@ -301,7 +337,10 @@ mod tests {
 
     #[test]
     fn overlong_cmdline_is_refused() {
-        let c = VmConfig { cmdline: Some("x".repeat(5000)), ..config() };
+        let c = VmConfig {
+            cmdline: Some("x".repeat(5000)),
+            ..config()
+        };
         assert!(c.validate().is_err());
     }
 

@@ -41,21 +41,31 @@ impl Report {
 fn check(guest_dir: Option<PathBuf>) -> bool {
     let mut r = Report { failed: false };
     match husk_vmm::vstate::kvm::open() {
-        Ok(kvm) => r.line(true, "kvm", &format!("/dev/kvm works, up to {} vCPUs", kvm.get_max_vcpus())),
+        Ok(kvm) => r.line(
+            true,
+            "kvm",
+            &format!("/dev/kvm works, up to {} vCPUs", kvm.get_max_vcpus()),
+        ),
         Err(e) => r.line(false, "kvm", &e.to_string()),
     }
     let dirs: Vec<PathBuf> = match guest_dir {
         Some(d) => vec![d],
         None => GUEST_DIRS.iter().map(PathBuf::from).collect(),
     };
-    match dirs.iter().find(|d| d.join("vmlinux").is_file() && d.join("initramfs.img").is_file()) {
+    match dirs
+        .iter()
+        .find(|d| d.join("vmlinux").is_file() && d.join("initramfs.img").is_file())
+    {
         Some(d) => r.line(true, "guest image", &d.display().to_string()),
         None => {
             let tried: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
             r.line(
                 false,
                 "guest image",
-                &format!("no vmlinux + initramfs.img in {} (run `make guest-image` or `make install`)", tried.join(", ")),
+                &format!(
+                    "no vmlinux + initramfs.img in {} (run `make guest-image` or `make install`)",
+                    tried.join(", ")
+                ),
             )
         }
     }

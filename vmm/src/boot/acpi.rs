@@ -6,13 +6,15 @@
 //! ISA IRQs on hardware-reduced platforms, and our serial port and command-line virtio-mmio
 //! devices live on those IRQs.
 
-use acpi_tables::{aml, Aml};
 use acpi_tables::fadt::{FADTBuilder, Flags};
 use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
-use acpi_tables::madt::{EnabledStatus, IoApic, LocalInterruptController, ProcessorLocalApic, MADT};
+use acpi_tables::madt::{
+    EnabledStatus, IoApic, LocalInterruptController, ProcessorLocalApic, MADT,
+};
 use acpi_tables::rsdp::Rsdp;
 use acpi_tables::sdt::Sdt;
 use acpi_tables::xsdt::XSDT;
+use acpi_tables::{aml, Aml};
 use vm_memory::{Bytes, GuestAddress};
 
 use super::BootError;
@@ -41,8 +43,11 @@ pub fn build_tables(vcpu_count: u8) -> Vec<(u64, Vec<u8>)> {
     let xsdt_addr = align(rsdp_addr + Rsdp::len() as u64);
 
     let mut dsdt = Sdt::new(*b"DSDT", 36, 6, OEM_ID, OEM_TABLE_ID, OEM_REVISION);
-    aml::Name::new("_S5_".into(), &aml::Package::new(vec![&S5_SLEEP_TYPE, &0u8]))
-        .to_aml_bytes(&mut dsdt);
+    aml::Name::new(
+        "_S5_".into(),
+        &aml::Package::new(vec![&S5_SLEEP_TYPE, &0u8]),
+    )
+    .to_aml_bytes(&mut dsdt);
     let dsdt = dsdt.as_slice().to_vec();
 
     let mut madt = MADT::new(
@@ -76,10 +81,18 @@ pub fn build_tables(vcpu_count: u8) -> Vec<(u64, Vec<u8>)> {
     fadt.iapc_boot_arch = IAPC_BOOT_ARCH.into();
     fadt.pm1a_evt_blk = u32::from(ACPI_PM1A_EVT_PORT).into();
     fadt.pm1_evt_len = ACPI_PM1A_EVT_LEN;
-    fadt.x_pm1a_evt_blk = io(ACPI_PM1A_EVT_PORT, ACPI_PM1A_EVT_LEN, AccessSize::WordAccess);
+    fadt.x_pm1a_evt_blk = io(
+        ACPI_PM1A_EVT_PORT,
+        ACPI_PM1A_EVT_LEN,
+        AccessSize::WordAccess,
+    );
     fadt.pm1a_cnt_blk = u32::from(ACPI_PM1A_CNT_PORT).into();
     fadt.pm1_cnt_len = ACPI_PM1A_CNT_LEN;
-    fadt.x_pm1a_cnt_blk = io(ACPI_PM1A_CNT_PORT, ACPI_PM1A_CNT_LEN, AccessSize::WordAccess);
+    fadt.x_pm1a_cnt_blk = io(
+        ACPI_PM1A_CNT_PORT,
+        ACPI_PM1A_CNT_LEN,
+        AccessSize::WordAccess,
+    );
     fadt.reset_reg = io(ACPI_RESET_PORT, 1, AccessSize::ByteAccess);
     fadt.reset_value = ACPI_RESET_VALUE;
     let fadt = to_bytes(&fadt.finalize());
@@ -107,7 +120,9 @@ fn to_bytes(table: &dyn Aml) -> Vec<u8> {
 pub fn write_tables(mem: &GuestMemory, vcpu_count: u8) -> Result<(), BootError> {
     for (addr, bytes) in build_tables(vcpu_count) {
         if addr + bytes.len() as u64 > ACPI_END {
-            return Err(BootError::Write("ACPI tables (too many vCPUs for the table area)"));
+            return Err(BootError::Write(
+                "ACPI tables (too many vCPUs for the table area)",
+            ));
         }
         mem.write_slice(&bytes, GuestAddress(addr))
             .map_err(|_| BootError::Write("ACPI tables"))?;

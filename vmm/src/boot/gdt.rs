@@ -63,7 +63,10 @@ mod tests {
         assert_eq!(gdt_entry(0xa09b, 0, 0xfffff), 0x00af_9b00_0000_ffff);
         assert_eq!(gdt_entry(0xc093, 0, 0xfffff), 0x00cf_9300_0000_ffff);
         assert_eq!(gdt_entry(0x808b, 0, 0xfffff), 0x008f_8b00_0000_ffff);
-        assert_eq!(gdt_entry(0x0093, 0x1234_5678, 0xabcd), 0x1200_9334_5678_abcd);
+        assert_eq!(
+            gdt_entry(0x0093, 0x1234_5678, 0xabcd),
+            0x1200_9334_5678_abcd
+        );
     }
 
     #[test]

@@ -92,7 +92,10 @@ mod tests {
     fn e820_large_guest_skips_the_hole() {
         let end = MMIO_HOLE_END + (1 << 30);
         let map = e820_map(end);
-        assert_eq!(map[2], (HIMEM_START, MMIO_HOLE_START - HIMEM_START, E820_RAM));
+        assert_eq!(
+            map[2],
+            (HIMEM_START, MMIO_HOLE_START - HIMEM_START, E820_RAM)
+        );
         assert_eq!(map[3], (MMIO_HOLE_END, 1 << 30, E820_RAM));
     }
 
@@ -111,6 +114,9 @@ mod tests {
         assert_eq!({ p.0.acpi_rsdp_addr }, ACPI_START);
         assert_eq!(p.0.e820_entries, 3);
         let last = p.0.e820_table[2];
-        assert_eq!(({ last.addr }, { last.size }), (HIMEM_START, (64 << 20) - HIMEM_START));
+        assert_eq!(
+            ({ last.addr }, { last.size }),
+            (HIMEM_START, (64 << 20) - HIMEM_START)
+        );
     }
 }

@@ -67,7 +67,9 @@ impl Bus {
     pub fn write(&self, addr: u64, data: &[u8]) -> bool {
         match self.find(addr, data.len()) {
             Some((offset, dev)) => {
-                dev.lock().expect("device lock poisoned").write(offset, data);
+                dev.lock()
+                    .expect("device lock poisoned")
+                    .write(offset, data);
                 true
             }
             None => false,

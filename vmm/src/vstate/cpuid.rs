@@ -102,7 +102,10 @@ struct XsaveLayout {
 }
 
 fn xsave_layout(entries: &[kvm_cpuid_entry2]) -> XsaveLayout {
-    let Some(leaf0) = entries.iter().find(|e| e.function == LEAF_XSAVE && e.index == 0) else {
+    let Some(leaf0) = entries
+        .iter()
+        .find(|e| e.function == LEAF_XSAVE && e.index == 0)
+    else {
         return XsaveLayout::default();
     };
     let reported = u64::from(leaf0.eax) | (u64::from(leaf0.edx) << 32);
@@ -206,7 +209,10 @@ mod tests {
         ];
         sanitize(&mut e, topo(2, 3));
         assert_eq!([e[0].eax, e[0].ebx, e[0].ecx, e[0].edx], [0, 1, 1 << 8, 2]);
-        assert_eq!([e[1].eax, e[1].ebx, e[1].ecx, e[1].edx], [2, 3, (2 << 8) | 1, 2]);
+        assert_eq!(
+            [e[1].eax, e[1].ebx, e[1].ecx, e[1].edx],
+            [2, 3, (2 << 8) | 1, 2]
+        );
         assert_eq!([e[2].eax, e[2].ebx, e[2].ecx, e[2].edx], [0, 0, 2, 2]);
     }
 

@@ -9,7 +9,9 @@ use kvm_ioctls::{Cap, Kvm};
 pub enum KvmError {
     #[error("/dev/kvm does not exist: enable virtualization (VT-x/AMD-V, or nested virtualization on a cloud VM) and load kvm_intel or kvm_amd")]
     NoDevice,
-    #[error("/dev/kvm cannot be opened: run as root or add this user to the group that owns /dev/kvm")]
+    #[error(
+        "/dev/kvm cannot be opened: run as root or add this user to the group that owns /dev/kvm"
+    )]
     Permission(#[source] kvm_ioctls::Error),
     #[error("/dev/kvm cannot be opened")]
     Open(#[source] kvm_ioctls::Error),
@@ -56,7 +58,13 @@ pub fn open() -> Result<Kvm, KvmError> {
     if version != 12 {
         return Err(KvmError::ApiVersion(version));
     }
-    for cap in [Cap::Irqchip, Cap::Irqfd, Cap::UserMemory, Cap::SetTssAddr, Cap::ExtCpuid] {
+    for cap in [
+        Cap::Irqchip,
+        Cap::Irqfd,
+        Cap::UserMemory,
+        Cap::SetTssAddr,
+        Cap::ExtCpuid,
+    ] {
         if !kvm.check_extension(cap) {
             return Err(KvmError::MissingCap(cap));
         }

@@ -70,14 +70,21 @@ mod tests {
     fn large_memory_skips_the_mmio_hole() {
         let ranges = ram_ranges(4 << 30);
         assert_eq!(ranges[0], (GuestAddress(0), MMIO_HOLE_START));
-        assert_eq!(ranges[1], (GuestAddress(MMIO_HOLE_END), (4 << 30) - MMIO_HOLE_START));
+        assert_eq!(
+            ranges[1],
+            (GuestAddress(MMIO_HOLE_END), (4 << 30) - MMIO_HOLE_START)
+        );
     }
 
     #[test]
     fn memfd_memory_reads_back() {
         let mem = create(2 << 20).unwrap();
-        mem.write_obj(0xdead_beef_u32, GuestAddress(0x1000)).unwrap();
-        assert_eq!(mem.read_obj::<u32>(GuestAddress(0x1000)).unwrap(), 0xdead_beef);
+        mem.write_obj(0xdead_beef_u32, GuestAddress(0x1000))
+            .unwrap();
+        assert_eq!(
+            mem.read_obj::<u32>(GuestAddress(0x1000)).unwrap(),
+            0xdead_beef
+        );
         assert_eq!(mem.last_addr(), GuestAddress((2 << 20) - 1));
     }
 }

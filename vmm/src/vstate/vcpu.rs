@@ -3,14 +3,13 @@
 use std::sync::mpsc::Sender;
 
 use kvm_bindings::{
-    kvm_fpu, kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs, CpuId, Msrs,
-    KVM_MAX_CPUID_ENTRIES, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET,
-    KVM_SYSTEM_EVENT_SHUTDOWN,
+    kvm_fpu, kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs, CpuId, Msrs, KVM_MAX_CPUID_ENTRIES,
+    KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
 };
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 use vm_memory::GuestAddress;
 
-use crate::boot::gdt::{CODE_SELECTOR, DATA_SELECTOR, TSS_SELECTOR, GDT};
+use crate::boot::gdt::{CODE_SELECTOR, DATA_SELECTOR, GDT, TSS_SELECTOR};
 use crate::devices::bus::Bus;
 use crate::devices::StopReason;
 use crate::layout::{BOOT_STACK_POINTER, GDT_START, IDT_START, PML4_START, ZERO_PAGE_START};
@@ -224,7 +223,9 @@ pub fn run(mut fd: VcpuFd, id: u8, pio: Bus, mmio: Bus, stop: Sender<StopReason>
             Ok(VcpuExit::SystemEvent(kind, _)) => match kind {
                 KVM_SYSTEM_EVENT_SHUTDOWN => break StopReason::PowerOff,
                 KVM_SYSTEM_EVENT_RESET => break StopReason::Reset,
-                KVM_SYSTEM_EVENT_CRASH => break StopReason::Crash("the guest reported a crash".into()),
+                KVM_SYSTEM_EVENT_CRASH => {
+                    break StopReason::Crash("the guest reported a crash".into())
+                }
                 other => tracing::warn!(vcpu = id, kind = other, "unknown KVM system event"),
             },
             Ok(VcpuExit::Hlt) => {
@@ -280,7 +281,10 @@ mod tests {
     fn long_mode_control_registers() {
         let mut sregs = kvm_sregs::default();
         long_mode_sregs(&mut sregs);
-        assert_eq!(sregs.cr0 & (X86_CR0_PE | X86_CR0_PG), X86_CR0_PE | X86_CR0_PG);
+        assert_eq!(
+            sregs.cr0 & (X86_CR0_PE | X86_CR0_PG),
+            X86_CR0_PE | X86_CR0_PG
+        );
         assert_eq!(sregs.cr3, PML4_START);
         assert_ne!(sregs.cr4 & X86_CR4_PAE, 0);
         assert_eq!(sregs.efer & (EFER_LME | EFER_LMA), EFER_LME | EFER_LMA);

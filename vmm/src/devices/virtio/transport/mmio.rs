@@ -127,7 +127,11 @@ impl MmioTransport {
         }
         // Bits may only be added, never cleared, except by a reset.
         if new & self.status != self.status {
-            tracing::debug!(old = self.status, new, "virtio-mmio: status bits cleared without reset");
+            tracing::debug!(
+                old = self.status,
+                new,
+                "virtio-mmio: status bits cleared without reset"
+            );
             return;
         }
         let mut new = new;
@@ -202,7 +206,9 @@ impl MmioTransport {
             REG_DRIVER_FEATURES_SEL => self.driver_features_sel = v,
             REG_DRIVER_FEATURES if self.status & STATUS_FEATURES_OK == 0 => {
                 match self.driver_features_sel {
-                    0 => self.driver_features = (self.driver_features & !0xffff_ffff) | u64::from(v),
+                    0 => {
+                        self.driver_features = (self.driver_features & !0xffff_ffff) | u64::from(v)
+                    }
                     1 => {
                         self.driver_features =
                             (self.driver_features & 0xffff_ffff) | (u64::from(v) << 32)
@@ -222,12 +228,22 @@ impl MmioTransport {
                     q.set_ready(v == 1);
                 }
             }
-            REG_QUEUE_DESC_LOW | REG_QUEUE_DESC_HIGH | REG_QUEUE_DRIVER_LOW
-            | REG_QUEUE_DRIVER_HIGH | REG_QUEUE_DEVICE_LOW | REG_QUEUE_DEVICE_HIGH
+            REG_QUEUE_DESC_LOW
+            | REG_QUEUE_DESC_HIGH
+            | REG_QUEUE_DRIVER_LOW
+            | REG_QUEUE_DRIVER_HIGH
+            | REG_QUEUE_DEVICE_LOW
+            | REG_QUEUE_DEVICE_HIGH
                 if configuring =>
             {
-                let Some(q) = self.selected_queue() else { return };
-                let (low, high) = if offset & 4 == 0 { (Some(v), None) } else { (None, Some(v)) };
+                let Some(q) = self.selected_queue() else {
+                    return;
+                };
+                let (low, high) = if offset & 4 == 0 {
+                    (Some(v), None)
+                } else {
+                    (None, Some(v))
+                };
                 match offset & !4 {
                     REG_QUEUE_DESC_LOW => q.set_desc_table_address(low, high),
                     REG_QUEUE_DRIVER_LOW => q.set_avail_ring_address(low, high),
@@ -242,7 +258,12 @@ impl MmioTransport {
             REG_INTERRUPT_ACK => self.interrupt.ack(v),
             REG_STATUS => self.set_status(v),
             REG_SHM_SEL => {}
-            _ => tracing::debug!(offset, value = v, status = self.status, "virtio-mmio: write ignored"),
+            _ => tracing::debug!(
+                offset,
+                value = v,
+                status = self.status,
+                "virtio-mmio: write ignored"
+            ),
         }
     }
 }
@@ -271,7 +292,11 @@ impl BusDevice for MmioTransport {
         }
         match <[u8; 4]>::try_from(data) {
             Ok(bytes) if offset % 4 == 0 => self.write_register(offset, u32::from_le_bytes(bytes)),
-            _ => tracing::debug!(offset, len = data.len(), "virtio-mmio: odd register access ignored"),
+            _ => tracing::debug!(
+                offset,
+                len = data.len(),
+                "virtio-mmio: odd register access ignored"
+            ),
         }
     }
 }
@@ -283,8 +308,8 @@ mod tests {
     use vmm_sys_util::eventfd::EventFd;
 
     use super::*;
-    use ActivateError;
     use crate::vstate::memory;
+    use ActivateError;
 
     #[derive(Default)]
     struct Record {
@@ -330,7 +355,10 @@ mod tests {
         let rec = Arc::new(Mutex::new(Record::default()));
         let mem = memory::create(1 << 20).unwrap();
         let irq = Arc::new(Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()));
-        (MmioTransport::new(Box::new(Dummy(rec.clone())), mem, irq), rec)
+        (
+            MmioTransport::new(Box::new(Dummy(rec.clone())), mem, irq),
+            rec,
+        )
     }
 
     fn r(t: &mut MmioTransport, off: u64) -> u32 {
@@ -351,7 +379,11 @@ mod tests {
         w(t, REG_DRIVER_FEATURES, 0b1);
         w(t, REG_DRIVER_FEATURES_SEL, 1);
         w(t, REG_DRIVER_FEATURES, features_hi);
-        w(t, REG_STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK);
+        w(
+            t,
+            REG_STATUS,
+            STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK,
+        );
     }
 
     fn set_up_queue(t: &mut MmioTransport, sel: u32, size: u32, base: u64) {
@@ -401,7 +433,10 @@ mod tests {
         assert_eq!(r(&mut t, REG_QUEUE_READY), 1);
         w(&mut t, REG_STATUS, 0xf);
         assert_eq!(r(&mut t, REG_STATUS), 0xf);
-        assert_eq!(rec.lock().unwrap().activated, Some((2, VIRTIO_F_VERSION_1 | 1)));
+        assert_eq!(
+            rec.lock().unwrap().activated,
+            Some((2, VIRTIO_F_VERSION_1 | 1))
+        );
         w(&mut t, REG_QUEUE_NOTIFY, 1);
         w(&mut t, REG_QUEUE_NOTIFY, 7); // no such queue: ignored
         assert_eq!(rec.lock().unwrap().notified, vec![1]);
@@ -424,7 +459,11 @@ mod tests {
         w(&mut t, REG_DRIVER_FEATURES, 0b10);
         w(&mut t, REG_DRIVER_FEATURES_SEL, 1);
         w(&mut t, REG_DRIVER_FEATURES, 1);
-        w(&mut t, REG_STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK);
+        w(
+            &mut t,
+            REG_STATUS,
+            STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK,
+        );
         assert_eq!(r(&mut t, REG_STATUS) & STATUS_FEATURES_OK, 0);
     }
 
@@ -456,7 +495,11 @@ mod tests {
         assert_eq!(r(&mut t, REG_STATUS), 0);
         assert_eq!(rec.lock().unwrap().resets, 1);
         w(&mut t, REG_QUEUE_SEL, 0);
-        assert_eq!(r(&mut t, REG_QUEUE_READY), 0, "queues are fresh after reset");
+        assert_eq!(
+            r(&mut t, REG_QUEUE_READY),
+            0,
+            "queues are fresh after reset"
+        );
     }
 
     #[test]
