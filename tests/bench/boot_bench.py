@@ -15,7 +15,7 @@ import sys
 import time
 
 READY = re.compile(rb"husk-agent: ready in ([0-9.]+) s")
-CMDLINE = "console=ttyS0 quiet panic=-1 8250.nr_uarts=1 tsc=reliable no_timer_check"
+CMDLINE = "console=ttyS0 quiet panic=-1 pci=off 8250.nr_uarts=1 tsc=reliable no_timer_check"
 TIMEOUT = 120
 
 

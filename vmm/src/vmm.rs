@@ -24,7 +24,7 @@ use crate::vstate::vm::{self, VmError};
 /// Kernel parameters used when the caller gives none: console on the first UART, reboot on
 /// panic (the VMM then exits), no legacy probing, and quiet so the slow serial port stays idle.
 pub const DEFAULT_CMDLINE: &str =
-    "console=ttyS0 quiet panic=-1 8250.nr_uarts=1 tsc=reliable no_timer_check";
+    "console=ttyS0 quiet panic=-1 pci=off 8250.nr_uarts=1 tsc=reliable no_timer_check";
 /// The most vCPUs we describe in ACPI and test.
 pub const MAX_VCPUS: u8 = 64;
 

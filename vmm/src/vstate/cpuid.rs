@@ -11,6 +11,8 @@ const LEAF_TOPOLOGY: u32 = 0xb;
 const LEAF_XSAVE: u32 = 0xd;
 const LEAF_EXT_SIZES: u32 = 0x8000_0008;
 
+const LEGACY_AREA: u32 = 512;
+const XSAVE_HEADER: u32 = 64;
 const ECX_TSC_DEADLINE: u32 = 1 << 24;
 const ECX_HYPERVISOR: u32 = 1 << 31;
 const EDX_HTT: u32 = 1 << 28;
@@ -92,6 +94,19 @@ pub fn sanitize(entries: &mut [kvm_cpuid_entry2], topo: Topology) {
     }
 }
 
+/// XSAVE components that exist only when a feature bit says so: (component bit, leaf, register
+/// index in [eax, ebx, ecx, edx], feature bit). A component reported without its feature makes
+/// the guest kernel compute a different area size than CPUID reports.
+const XSAVE_FEATURES: [(u32, u32, usize, u32); 7] = [
+    (2, 0x1, 2, 28), // AVX
+    (3, 0x7, 1, 14), // MPX bounds registers
+    (4, 0x7, 1, 14), // MPX bounds config
+    (5, 0x7, 1, 16), // AVX-512 opmask
+    (6, 0x7, 1, 16), // AVX-512 upper ZMM
+    (7, 0x7, 1, 16), // AVX-512 high ZMM
+    (9, 0x7, 2, 3),  // PKRU
+];
+
 /// What leaf 0xD's sub-leaves say about the XSAVE components, after dropping inconsistent ones.
 #[derive(Debug, Default, PartialEq)]
 struct XsaveLayout {
@@ -108,10 +123,21 @@ fn xsave_layout(entries: &[kvm_cpuid_entry2]) -> XsaveLayout {
     else {
         return XsaveLayout::default();
     };
-    let reported = u64::from(leaf0.eax) | (u64::from(leaf0.edx) << 32);
-    // x87 and SSE live in the 512-byte legacy area, followed by the 64-byte XSAVE header.
+    let feature = |leaf: u32, reg: usize, bit: u32| {
+        entries
+            .iter()
+            .find(|e| e.function == leaf && e.index == 0)
+            .is_some_and(|e| [e.eax, e.ebx, e.ecx, e.edx][reg] & (1 << bit) != 0)
+    };
+    let mut reported = u64::from(leaf0.eax) | (u64::from(leaf0.edx) << 32);
+    for (component, leaf, reg, bit) in XSAVE_FEATURES {
+        if !feature(leaf, reg, bit) {
+            reported &= !(1 << component);
+        }
+    }
+    // x87 and SSE live in the legacy area, followed by the XSAVE header.
     let mut mask = reported & 0b11;
-    let mut size = 512 + 64;
+    let mut size = LEGACY_AREA + XSAVE_HEADER;
     for bit in 2..63 {
         if reported & (1 << bit) == 0 {
             continue;
@@ -140,10 +166,11 @@ fn sanitize_xsave(e: &mut kvm_cpuid_entry2, xsave: &XsaveLayout) {
         0 => {
             e.eax = xsave.xcr0_mask as u32;
             e.edx = (xsave.xcr0_mask >> 32) as u32;
-            // ECX: the area for every supported component; EBX: for those enabled in XCR0, which
-            // KVM keeps up to date at run time; start it at the same value.
+            // ECX: the area for every supported component. EBX: the area for the components
+            // enabled in XCR0, which holds only x87 at reset; KVM updates it when the guest
+            // enables more (but not for x87/SSE alone, so it must start right).
             e.ecx = xsave.size;
-            e.ebx = xsave.size;
+            e.ebx = LEGACY_AREA + XSAVE_HEADER;
         }
         1 => {}
         n if n < 63 && xsave.xcr0_mask & (1 << n) == 0 && (e.ecx & 1) == 0 => {
@@ -225,25 +252,45 @@ mod tests {
         }
     }
 
+    const AVX: u32 = 1 << 28;
+    const AVX512F: u32 = 1 << 16;
+
     #[test]
     fn xsave_sizes_are_recomputed_from_components() {
         // x87|SSE|AVX reported with an area size (ECX) that is too small for AVX.
         let mut e = [
-            entry(0xd, 0, [0b111, 576, 576, 0]),
+            entry(1, 0, [0, 0, AVX, 0]),
+            entry(0xd, 0, [0b111, 832, 576, 0]),
             entry(0xd, 1, [1, 0, 0, 0]),
             entry(0xd, 2, [256, 576, 0, 0]),
         ];
         sanitize(&mut e, topo(0, 1));
-        assert_eq!(e[0].eax, 0b111);
-        assert_eq!(e[0].ecx, 576 + 256);
-        assert_eq!(e[0].ebx, 576 + 256);
-        assert_eq!(e[1].eax, 1, "sub-leaf 1 is left alone");
+        assert_eq!(e[1].eax, 0b111);
+        assert_eq!(e[1].ecx, 576 + 256);
+        assert_eq!(e[1].ebx, 576, "EBX matches XCR0 at reset (x87 only)");
+        assert_eq!(e[2].eax, 1, "sub-leaf 1 is left alone");
+    }
+
+    #[test]
+    fn xsave_component_without_its_feature_bit_is_dropped() {
+        // AVX offered in leaf 0xD but not in leaf 1 (seen on TCG-emulated CPUs).
+        let mut e = [
+            entry(1, 0, [0, 0, 0, 0]),
+            entry(0xd, 0, [0b111, 832, 832, 0]),
+            entry(0xd, 2, [256, 576, 0, 0]),
+        ];
+        sanitize(&mut e, topo(0, 1));
+        assert_eq!(e[1].eax, 0b11);
+        assert_eq!(e[1].ecx, 576);
+        assert_eq!([e[2].eax, e[2].ebx], [0, 0], "the AVX sub-leaf is cleared");
     }
 
     #[test]
     fn xsave_component_without_size_is_dropped() {
-        // AVX-512 bits 5..7 reported, but their sub-leaves give no size.
+        // AVX-512 bits 5..7 reported, but two of their sub-leaves give no size.
         let mut e = [
+            entry(1, 0, [0, 0, AVX, 0]),
+            entry(7, 0, [0, AVX512F, 0, 0]),
             entry(0xd, 0, [0b1110_0111, 0, 4096, 0]),
             entry(0xd, 2, [256, 576, 0, 0]),
             entry(0xd, 5, [0, 0, 0, 0]),
@@ -251,8 +298,8 @@ mod tests {
             entry(0xd, 7, [1024, 1152, 0, 0]),
         ];
         sanitize(&mut e, topo(0, 1));
-        assert_eq!(e[0].eax, 0b1000_0111);
-        assert_eq!(e[0].ecx, 1152 + 1024);
+        assert_eq!(e[2].eax, 0b1000_0111);
+        assert_eq!(e[2].ecx, 1152 + 1024);
     }
 
     #[test]

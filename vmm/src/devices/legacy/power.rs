@@ -12,29 +12,44 @@ pub const PORT_RANGE: u64 = (ACPI_RESET_PORT - ACPI_PM1A_EVT_PORT + 1) as u64;
 const PM1_CONTROL: u64 = (ACPI_PM1A_CNT_PORT - ACPI_PM1A_EVT_PORT) as u64;
 const RESET: u64 = (ACPI_RESET_PORT - ACPI_PM1A_EVT_PORT) as u64;
 
+const PM1_ENABLE: u64 = 2;
+
 pub struct AcpiPower {
     stop: StopSender,
+    /// PM1 enable register: the guest enables fixed events and reads the bits back. No event
+    /// ever fires, so the status register stays zero.
+    pm1_enable: u16,
 }
 
 impl AcpiPower {
     pub fn new(stop: StopSender) -> Self {
-        Self { stop }
+        Self {
+            stop,
+            pm1_enable: 0,
+        }
     }
 }
 
 impl BusDevice for AcpiPower {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
-        data.fill(0);
         // PM1 control always says "ACPI mode": there is no SMI handshake to switch into it.
-        if offset == PM1_CONTROL {
-            if let Some(b) = data.first_mut() {
-                *b = PM1_SCI_ENABLE as u8;
-            }
+        let value: u16 = match offset {
+            PM1_ENABLE => self.pm1_enable,
+            PM1_CONTROL => PM1_SCI_ENABLE,
+            _ => 0,
+        };
+        data.fill(0);
+        for (d, v) in data.iter_mut().zip(value.to_le_bytes()) {
+            *d = v;
         }
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
         let request = match (offset, data) {
+            (PM1_ENABLE, [lo, hi]) => {
+                self.pm1_enable = u16::from_le_bytes([*lo, *hi]);
+                None
+            }
             (PM1_CONTROL, [lo, hi]) => {
                 let v = u16::from_le_bytes([*lo, *hi]);
                 let sleep_type = ((v >> 10) & 0x7) as u8;
@@ -92,5 +107,15 @@ mod tests {
         assert_eq!(u16::from_le_bytes(b), PM1_SCI_ENABLE);
         dev.read(0, &mut b);
         assert_eq!(b, [0, 0]);
+    }
+
+    #[test]
+    fn pm1_enable_reads_back() {
+        let (tx, _rx) = std::sync::mpsc::channel();
+        let mut dev = AcpiPower::new(tx);
+        dev.write(PM1_ENABLE, &pm1(0x0020));
+        let mut b = [0; 2];
+        dev.read(PM1_ENABLE, &mut b);
+        assert_eq!(u16::from_le_bytes(b), 0x20);
     }
 }
