@@ -49,7 +49,7 @@ pub fn mount_basics() {
         if rc != 0 {
             let e = std::io::Error::last_os_error();
             if e.raw_os_error() != Some(libc::EBUSY) {
-                eprintln!("husk-agent: cannot mount {target}: {e}");
+                say!("husk-agent: cannot mount {target}: {e}");
             }
         }
     }
@@ -211,7 +211,7 @@ fn reap_one() -> Option<(i32, i32)> {
 /// Stops every process, syncs, and asks the kernel to power off, reboot or halt. Returns only if
 /// the kernel refused.
 pub fn power(p: Power) {
-    println!(
+    say!(
         "husk-agent: {}",
         match p {
             Power::Off => "powering off",
@@ -235,7 +235,7 @@ pub fn power(p: Power) {
     };
     // SAFETY: reboot(2) with a valid command; if it fails (no CAP_SYS_BOOT) we say so and go on.
     if unsafe { libc::reboot(cmd) } != 0 {
-        eprintln!(
+        say!(
             "husk-agent: cannot {p:?}: {}",
             std::io::Error::last_os_error()
         );

@@ -7,6 +7,15 @@
 //! terminal (`-- /bin/sh` is a debug shell) and then powers off. Given none, it has nothing to
 //! serve yet (the host channel comes with vsock), so it powers off right after the ready line.
 
+/// Writes a line to the console. PID 1 must not die because the console is gone or broken,
+/// so write errors are ignored.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 mod init;
 
 use std::process::Command;
@@ -28,7 +37,7 @@ fn main() {
     let signals = init::block_signals();
 
     let facts = init::Facts::read();
-    println!(
+    say!(
         "husk-agent: ready in {:.3} s ({} vCPUs, {} MiB, kernel {})",
         facts.uptime.as_secs_f64(),
         facts.cpus,
@@ -42,10 +51,10 @@ fn main() {
         return;
     }
     if args.is_empty() {
-        println!("husk-agent: nothing to serve (no command given, no host channel)");
+        say!("husk-agent: nothing to serve (no command given, no host channel)");
     } else {
         let status = run_once(&args, &signals);
-        println!("husk-agent: command exited with status {status}");
+        say!("husk-agent: command exited with status {status}");
     }
     init::power(Power::Off);
     // Only reached if the kernel refused to power off; keep being a good init.
@@ -62,7 +71,7 @@ fn run_once(args: &[String], signals: &init::SignalSet) -> i32 {
     let child = match Command::new(&args[0]).args(&args[1..]).spawn() {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("husk-agent: cannot run {}: {e}", args[0]);
+            say!("husk-agent: cannot run {}: {e}", args[0]);
             return 127;
         }
     };

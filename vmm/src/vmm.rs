@@ -189,6 +189,8 @@ fn forward_stdin(serial: Arc<Mutex<SerialConsole>>) {
 
 /// Boots the guest described by `config` and runs it until it powers off, resets or crashes.
 pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
+    let started = std::time::Instant::now();
+    let phase = |name: &str| tracing::debug!(ms = started.elapsed().as_secs_f64() * 1e3, "{name}");
     config.validate()?;
     let kvm = kvm::open()?;
     if usize::from(config.vcpus) > kvm.get_max_vcpus() {
@@ -196,6 +198,7 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
     }
     let mem = memory::create(config.memory_mib << 20)?;
     let vm = vm::create(&kvm, &mem)?;
+    phase("VM and memory created");
 
     let (entry, kernel_end) = boot::load_kernel(&mem, &config.kernel)?;
     let initrd = match &config.initrd {
@@ -203,6 +206,7 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
         None => None,
     };
 
+    phase("kernel and initramfs loaded");
     let (stop_tx, stop_rx) = mpsc::channel();
     let mut devices = DeviceManager::new();
     let serial = devices.add_legacy(&vm, console_writer(&config.console)?, stop_tx.clone())?;
@@ -227,6 +231,7 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
             .map_err(|e| VcpuError::Thread(id, e))?;
         handles.push(handle);
     }
+    phase("vCPUs started");
     if config.console == ConsoleOutput::Stdio {
         forward_stdin(serial);
     }
