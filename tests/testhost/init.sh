@@ -88,7 +88,8 @@ mkdir -p $r/dev/pts $r/dev/shm
 mount -t devpts -o newinstance,ptmxmode=0666 devpts $r/dev/pts
 mount -t tmpfs -o mode=1777 tmpfs $r/dev/shm
 mount -t tmpfs -o mode=0755 tmpfs $r/run
-mount -t tmpfs -o mode=1777 tmpfs $r/tmp
+# /tmp stays the host's, seen through the overlay (read-only below, writable on top), so that a
+# command whose working directory or inputs live under the host's /tmp (a CI clone) finds them.
 mount -t cgroup2 cgroup2 $r/sys/fs/cgroup
 # containerd's overlayfs snapshotter refuses an upperdir that lives on an overlay: give it a tmpfs.
 mkdir -p $r/var/lib/containerd
