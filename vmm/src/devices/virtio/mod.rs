@@ -3,6 +3,7 @@
 
 pub mod rng;
 pub mod transport;
+pub mod vsock;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
