@@ -9,7 +9,7 @@ VMM_BIN := target/release/husk-vmm
 TESTHOST := tests/testhost/run.sh
 
 # Debian packages the build, the guest image and the tests need.
-APT_PACKAGES := qemu-system-x86 busybox-static cpio linux-source-6.1 bison flex bc libelf-dev \
+APT_PACKAGES := qemu-system-x86 busybox-static cpio linux-source-6.1 bison flex bc libelf-dev protobuf-compiler \
 	xz-utils lz4 file python3
 
 .PHONY: all deps build agent guest-image kernel initramfs demo test unit-test integration-test \

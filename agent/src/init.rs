@@ -178,9 +178,9 @@ pub fn wait_signal(set: &SignalSet, timeout: Option<Duration>) -> Option<Event> 
     }
 }
 
-/// Reaps every exited child without blocking.
-pub fn reap() {
-    while reap_one().is_some() {}
+/// Reaps every exited child without blocking; returns (pid, status) of each.
+pub fn reap() -> Vec<(i32, i32)> {
+    std::iter::from_fn(reap_one).collect()
 }
 
 /// Reaps exited children; returns the status of `pid` once it is among them.

@@ -4,8 +4,9 @@
 //! announces that it is ready (with its uptime, so the host can measure boot time), reaps every
 //! orphan, and powers off or reboots on request. Given arguments (the kernel passes whatever
 //! follows `--` on its command line), it runs them once as a command with the console as its
-//! terminal (`-- /bin/sh` is a debug shell) and then powers off. Given none, it has nothing to
-//! serve yet (the host channel comes with vsock), so it powers off right after the ready line.
+//! terminal (`-- /bin/sh` is a debug shell) and then powers off. Otherwise it serves its ttrpc
+//! API on vsock port 1024 (see `rpc`); a guest without a vsock device has nothing to serve and
+//! powers off right after the ready line.
 
 /// Writes a line to the console. PID 1 must not die because the console is gone or broken,
 /// so write errors are ignored.
@@ -17,8 +18,12 @@ macro_rules! say {
 }
 
 mod init;
+mod log;
+mod process;
+mod rpc;
 
 use std::process::Command;
+use std::sync::Arc;
 use std::time::Duration;
 
 use init::Power;
@@ -35,33 +40,54 @@ fn main() {
         std::env::set_var("HOME", "/root");
     }
     let signals = init::block_signals();
+    log::init(husk_agent_protocol::LOG_PORT);
 
     let facts = init::Facts::read();
-    say!(
-        "husk-agent: ready in {:.3} s ({} vCPUs, {} MiB, kernel {})",
+    log::info(&format!(
+        "ready in {:.3} s ({} vCPUs, {} MiB, kernel {})",
         facts.uptime.as_secs_f64(),
         facts.cpus,
         facts.mem_mib,
         facts.kernel
-    );
+    ));
 
     let args: Vec<String> = std::env::args().skip(1).collect();
     if !pid1 {
         // Outside a guest (a developer trying the binary) there is nothing to supervise.
         return;
     }
-    if args.is_empty() {
-        say!("husk-agent: nothing to serve (no command given, no host channel)");
-    } else {
+    if !args.is_empty() {
         let status = run_once(&args, &signals);
-        say!("husk-agent: command exited with status {status}");
+        log::info(&format!("command exited with status {status}"));
+        init::power(Power::Off);
     }
-    init::power(Power::Off);
-    // Only reached if the kernel refused to power off; keep being a good init.
+
+    let procs = Arc::new(process::Table::default());
+    // Kept alive for as long as PID 1 runs.
+    let _server = match rpc::serve(procs.clone(), husk_agent_protocol::AGENT_PORT) {
+        Ok(server) => {
+            log::info(&format!(
+                "serving on vsock port {}",
+                husk_agent_protocol::AGENT_PORT
+            ));
+            Some(server)
+        }
+        Err(e) => {
+            log::info(&format!(
+                "nothing to serve (no command given, no host channel: {e})"
+            ));
+            init::power(Power::Off);
+            None
+        }
+    };
     loop {
         match init::wait_signal(&signals, None) {
             Some(init::Event::Power(p)) => init::power(p),
-            Some(init::Event::Child) | None => init::reap(),
+            Some(init::Event::Child) | None => {
+                for (pid, status) in init::reap() {
+                    procs.exited(pid, status);
+                }
+            }
         }
     }
 }

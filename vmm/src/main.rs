@@ -41,6 +41,13 @@ struct Args {
     /// Leave out the virtio-rng device.
     #[arg(long)]
     no_rng: bool,
+    /// Add a virtio-vsock device, reachable on the host through this Unix socket
+    /// (`CONNECT <port>\n`); guest connections to port P reach `<PATH>_P`.
+    #[arg(long, value_name = "PATH")]
+    vsock_uds: Option<PathBuf>,
+    /// The guest's vsock CID.
+    #[arg(long, default_value_t = 3)]
+    vsock_cid: u64,
 }
 
 fn main() -> ExitCode {
@@ -66,6 +73,7 @@ fn main() -> ExitCode {
             path => ConsoleOutput::File(path.into()),
         },
         rng: !args.no_rng,
+        vsock: args.vsock_uds.map(|p| (p, args.vsock_cid)),
     };
     match husk_vmm::run(&config) {
         Ok(reason) => {

@@ -14,6 +14,8 @@ use crate::boot::{self, BootError};
 use crate::device_manager::{DeviceError, DeviceManager};
 use crate::devices::legacy::serial::SerialConsole;
 use crate::devices::virtio::rng::Rng;
+use crate::devices::virtio::vsock::muxer::MuxerError;
+use crate::devices::virtio::vsock::Vsock;
 use crate::devices::StopReason;
 use crate::layout::{CMDLINE_MAX_SIZE, MIN_MEMORY_MIB};
 use crate::vstate::kvm::{self, KvmError};
@@ -52,6 +54,10 @@ pub enum VmmError {
     Device(#[from] DeviceError),
     #[error("Cannot open /dev/urandom for the virtio-rng device")]
     Rng(#[source] std::io::Error),
+    #[error(transparent)]
+    Vsock(#[from] MuxerError),
+    #[error("Guest CID {0} is reserved: use 3 or higher")]
+    Cid(u64),
 }
 
 /// Where the guest's serial console goes.
@@ -75,6 +81,8 @@ pub struct VmConfig {
     pub memory_mib: u64,
     pub console: ConsoleOutput,
     pub rng: bool,
+    /// Host Unix socket of the hybrid vsock device, and the guest's CID.
+    pub vsock: Option<(PathBuf, u64)>,
 }
 
 impl Default for VmConfig {
@@ -88,6 +96,7 @@ impl Default for VmConfig {
             memory_mib: 256,
             console: ConsoleOutput::Stdio,
             rng: true,
+            vsock: None,
         }
     }
 }
@@ -114,6 +123,11 @@ impl VmConfig {
             }
             if let Err(e) = readable(initrd) {
                 return Err(BootError::InitrdRead(initrd.clone(), e).into());
+            }
+        }
+        if let Some((_, cid)) = &self.vsock {
+            if *cid < 3 || *cid >= u64::from(u32::MAX) {
+                return Err(VmmError::Cid(*cid));
             }
         }
         self.kernel_cmdline()?;
@@ -210,6 +224,9 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
     let (stop_tx, stop_rx) = mpsc::channel();
     let mut devices = DeviceManager::new();
     let serial = devices.add_legacy(&vm, console_writer(&config.console)?, stop_tx.clone())?;
+    if let Some((path, cid)) = &config.vsock {
+        devices.add_virtio(&vm, &mem, Box::new(Vsock::new(*cid, path)?))?;
+    }
     if config.rng {
         devices.add_virtio(&vm, &mem, Box::new(Rng::new().map_err(VmmError::Rng)?))?;
     }
@@ -243,6 +260,10 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
         .recv()
         .unwrap_or_else(|_| StopReason::Crash("every vCPU thread ended".into()));
     devices.flush_console();
+    if let Some((path, _)) = &config.vsock {
+        // The process ends without running destructors: remove our socket ourselves.
+        let _ = std::fs::remove_file(path);
+    }
     // vCPU threads are not joined: they may be inside KVM_RUN; the process exit ends them.
     drop(handles);
     Ok(match reason {

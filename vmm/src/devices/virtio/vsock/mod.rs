@@ -107,7 +107,9 @@ impl VirtioDevice for Vsock {
             tx_evt: clone(&self.queue_evts[TX])?,
             stop_evt: clone(&self.stop_evt)?,
         };
-        worker.register().map_err(|e| ActivateError::Device("vsock", e))?;
+        worker
+            .register()
+            .map_err(|e| ActivateError::Device("vsock", e))?;
         let handle = std::thread::Builder::new()
             .name("vsock".into())
             .spawn(move || worker.run())
@@ -222,15 +224,15 @@ impl Worker {
         let mem = &self.mem;
         let queue = &mut self.queues[RX];
         let mut used = false;
-        loop {
-            let Some(chain) = queue.pop_descriptor_chain(mem) else {
-                break;
-            };
+        while let Some(chain) = queue.pop_descriptor_chain(mem) {
             let head = chain.head_index();
             let written = match chain.writer(mem) {
                 Ok(mut writer) => {
                     let room = writer.available_bytes();
-                    match self.muxer.next_packet_for_guest(room.saturating_sub(HDR_SIZE)) {
+                    match self
+                        .muxer
+                        .next_packet_for_guest(room.saturating_sub(HDR_SIZE))
+                    {
                         Some((hdr, data)) => write_host_packet(&mut writer, room, hdr, &data),
                         None => {
                             // Nothing to send: give the buffer back for later.
@@ -244,7 +246,10 @@ impl Worker {
                     Some(0)
                 }
             };
-            if queue.add_used(mem, head, written.unwrap_or(0) as u32).is_err() {
+            if queue
+                .add_used(mem, head, written.unwrap_or(0) as u32)
+                .is_err()
+            {
                 break;
             }
             used = true;

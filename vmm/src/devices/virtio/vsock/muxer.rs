@@ -51,6 +51,9 @@ struct Conn {
     state: State,
     /// Bytes from the guest not yet written to the stream.
     to_host: VecDeque<u8>,
+    /// How many bytes at the front of `to_host` are ours (the `OK` line), not guest payload:
+    /// they do not count towards `fwd_cnt`.
+    own_bytes: usize,
     /// Bytes we delivered to the stream (our fwd_cnt) and last told the guest.
     fwd_cnt: Wrapping<u32>,
     fwd_cnt_sent: Wrapping<u32>,
@@ -72,6 +75,7 @@ impl Conn {
             token,
             state,
             to_host: VecDeque::new(),
+            own_bytes: 0,
             fwd_cnt: Wrapping(0),
             fwd_cnt_sent: Wrapping(0),
             tx_cnt: Wrapping(0),
@@ -274,6 +278,7 @@ impl Muxer {
                 c.state = State::Established;
                 let ok = format!("OK {}\n", key.0);
                 c.to_host.extend(ok.as_bytes());
+                c.own_bytes = ok.len();
                 self.flush_to_host(key);
             }
             (OP_RW, State::Established) => {
@@ -352,9 +357,9 @@ impl Muxer {
                 }
                 Ok(n) => {
                     c.to_host.drain(..n);
-                    if c.state == State::Established {
-                        c.fwd_cnt += Wrapping(n as u32);
-                    }
+                    let own = n.min(c.own_bytes);
+                    c.own_bytes -= own;
+                    c.fwd_cnt += Wrapping((n - own) as u32);
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
@@ -465,7 +470,10 @@ impl Muxer {
     fn alloc_host_port(&mut self, guest_port: u32) -> u32 {
         loop {
             let p = self.next_host_port;
-            self.next_host_port = self.next_host_port.checked_add(1).unwrap_or(FIRST_HOST_PORT);
+            self.next_host_port = self
+                .next_host_port
+                .checked_add(1)
+                .unwrap_or(FIRST_HOST_PORT);
             if !self.conns.contains_key(&(p, guest_port)) {
                 return p;
             }
@@ -500,7 +508,9 @@ impl Muxer {
             .collect();
         for key in keys {
             let c = self.conns.get_mut(&key).expect("key listed above");
-            let n = (c.peer_credit() as usize).min(room).min(MAX_PAYLOAD as usize);
+            let n = (c.peer_credit() as usize)
+                .min(room)
+                .min(MAX_PAYLOAD as usize);
             let mut buf = vec![0u8; n];
             match c.stream.read(&mut buf) {
                 Ok(0) => self.host_closed(key),
@@ -607,19 +617,30 @@ mod tests {
         client.write_all(b"CONNECT 1024\n").unwrap();
         pump(&mut m);
         let (req, _) = m.next_packet_for_guest(4096).expect("a REQUEST");
-        assert_eq!((req.op, req.dst_port, req.dst_cid), (OP_REQUEST, 1024, GUEST));
+        assert_eq!(
+            (req.op, req.dst_port, req.dst_cid),
+            (OP_REQUEST, 1024, GUEST)
+        );
         let host_port = req.src_port;
 
         m.handle_guest_packet(pkt(OP_RESPONSE, 1024, host_port, b""));
         let mut line = [0u8; 64];
-        client.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
         let n = client.read(&mut line).unwrap();
-        assert_eq!(std::str::from_utf8(&line[..n]).unwrap(), format!("OK {host_port}\n"));
+        assert_eq!(
+            std::str::from_utf8(&line[..n]).unwrap(),
+            format!("OK {host_port}\n")
+        );
 
-        // Guest to host.
+        // Guest to host; our OK line does not count as guest bytes forwarded.
         m.handle_guest_packet(pkt(OP_RW, 1024, host_port, b"hello"));
         let n = client.read(&mut line).unwrap();
         assert_eq!(&line[..n], b"hello");
+        m.handle_guest_packet(pkt(OP_CREDIT_REQUEST, 1024, host_port, b""));
+        let (upd, _) = m.next_packet_for_guest(4096).unwrap();
+        assert_eq!((upd.op, upd.fwd_cnt), (OP_CREDIT_UPDATE, 5));
 
         // Host to guest, within the guest's credit of 4096.
         client.write_all(b"world").unwrap();
@@ -669,7 +690,10 @@ mod tests {
         let listener = UnixListener::bind(format!("{}_1025", path.display())).unwrap();
         m.handle_guest_packet(pkt(OP_REQUEST, 40000, 1025, b""));
         let (resp, _) = m.next_packet_for_guest(4096).unwrap();
-        assert_eq!((resp.op, resp.src_port, resp.dst_port), (OP_RESPONSE, 1025, 40000));
+        assert_eq!(
+            (resp.op, resp.src_port, resp.dst_port),
+            (OP_RESPONSE, 1025, 40000)
+        );
         let (mut s, _) = listener.accept().unwrap();
         m.handle_guest_packet(pkt(OP_RW, 40000, 1025, b"log line\n"));
         let mut b = [0u8; 64];
@@ -691,7 +715,10 @@ mod tests {
         m.handle_guest_packet(pkt(OP_RW, 1, 2, b"x"));
         assert_eq!(m.next_packet_for_guest(4096).unwrap().0.op, OP_RST);
         m.handle_guest_packet(pkt(OP_RST, 1, 2, b""));
-        assert!(m.next_packet_for_guest(4096).is_none(), "no RST answers an RST");
+        assert!(
+            m.next_packet_for_guest(4096).is_none(),
+            "no RST answers an RST"
+        );
     }
 
     #[test]
@@ -766,6 +793,9 @@ mod tests {
     #[test]
     fn existing_socket_path_is_refused() {
         let (_m, path) = muxer("exists");
-        assert!(matches!(Muxer::new(GUEST, &path), Err(MuxerError::SocketExists(_))));
+        assert!(matches!(
+            Muxer::new(GUEST, &path),
+            Err(MuxerError::SocketExists(_))
+        ));
     }
 }

@@ -213,7 +213,13 @@ mod tests {
 
     #[test]
     fn oversized_length_is_refused_before_allocating() {
-        let w = wire(Header { len: u32::MAX, ..hdr() }, b"");
+        let w = wire(
+            Header {
+                len: u32::MAX,
+                ..hdr()
+            },
+            b"",
+        );
         assert_eq!(
             read_guest_packet(&mut &w[..], w.len(), 3),
             Err(PacketError::TooLong(u32::MAX))
@@ -222,12 +228,24 @@ mod tests {
 
     #[test]
     fn spoofed_source_and_foreign_destination_are_refused() {
-        let w = wire(Header { src_cid: 9, ..hdr() }, b"");
+        let w = wire(
+            Header {
+                src_cid: 9,
+                ..hdr()
+            },
+            b"",
+        );
         assert_eq!(
             read_guest_packet(&mut &w[..], w.len(), 3),
             Err(PacketError::WrongSource(9))
         );
-        let w = wire(Header { dst_cid: 5, ..hdr() }, b"");
+        let w = wire(
+            Header {
+                dst_cid: 5,
+                ..hdr()
+            },
+            b"",
+        );
         assert_eq!(
             read_guest_packet(&mut &w[..], w.len(), 3),
             Err(PacketError::WrongDestination(5))
@@ -237,8 +255,14 @@ mod tests {
     #[test]
     fn host_packet_needs_room_for_header_and_payload() {
         let mut out = Vec::new();
-        assert_eq!(write_host_packet(&mut out, HDR_SIZE + 1, hdr(), b"xy"), None);
-        assert_eq!(write_host_packet(&mut out, 100, hdr(), b"xy"), Some(HDR_SIZE + 2));
+        assert_eq!(
+            write_host_packet(&mut out, HDR_SIZE + 1, hdr(), b"xy"),
+            None
+        );
+        assert_eq!(
+            write_host_packet(&mut out, 100, hdr(), b"xy"),
+            Some(HDR_SIZE + 2)
+        );
         assert_eq!(&out[HDR_SIZE..], b"xy");
     }
 }

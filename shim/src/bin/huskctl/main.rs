@@ -1,6 +1,10 @@
 //! `huskctl`: the operator's view of husk on a node.
 //!
 //! `huskctl check` tells whether this host can run husk sandboxes and, if not, why.
+//! `huskctl run -- CMD ARGS...` boots a microVM, runs CMD in it with our stdio, and exits with
+//! CMD's status.
+
+mod run;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -22,10 +26,10 @@ enum Command {
         #[arg(long)]
         guest_dir: Option<PathBuf>,
     },
+    /// Boot a microVM, run CMD inside it with this terminal's stdin, stdout and stderr, and exit
+    /// with CMD's exit status (128+N if a signal N killed it). The VM is always torn down.
+    Run(run::RunArgs),
 }
-
-/// Where the guest image is looked for, in order: installed, then built in this checkout.
-const GUEST_DIRS: &[&str] = &["/usr/share/kata-containers/husk", "target/guest"];
 
 struct Report {
     failed: bool,
@@ -50,7 +54,7 @@ fn check(guest_dir: Option<PathBuf>) -> bool {
     }
     let dirs: Vec<PathBuf> = match guest_dir {
         Some(d) => vec![d],
-        None => GUEST_DIRS.iter().map(PathBuf::from).collect(),
+        None => husk_shim::sandbox::guest_image_dirs(),
     };
     match dirs
         .iter()
@@ -92,5 +96,12 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
+        Command::Run(args) => match run::run(args) {
+            Ok(status) => ExitCode::from(status.clamp(0, 255) as u8),
+            Err(e) => {
+                eprintln!("huskctl: {e:#}");
+                ExitCode::from(125)
+            }
+        },
     }
 }

@@ -1,0 +1,36 @@
+//! The ttrpc API between the husk shim (and `huskctl`) and the husk agent, generated from
+//! `protos/` at build time.
+
+#![allow(
+    clippy::all,
+    clippy::undocumented_unsafe_blocks,
+    dead_code,
+    unknown_lints,
+    unused_attributes,
+    unused_imports,
+    unused_mut,
+    unused_results,
+    non_camel_case_types,
+    non_snake_case,
+    non_upper_case_globals
+)]
+
+pub mod agent {
+    include!(concat!(env!("OUT_DIR"), "/agent.rs"));
+}
+pub mod agent_ttrpc {
+    include!(concat!(env!("OUT_DIR"), "/agent_ttrpc.rs"));
+}
+pub mod health {
+    include!(concat!(env!("OUT_DIR"), "/health.rs"));
+}
+pub mod health_ttrpc {
+    include!(concat!(env!("OUT_DIR"), "/health_ttrpc.rs"));
+}
+
+/// The vsock port the agent serves its API on (Kata's).
+pub const AGENT_PORT: u32 = 1024;
+/// The vsock port on the host that receives the agent's log lines.
+pub const LOG_PORT: u32 = 1025;
+
+pub use ttrpc;

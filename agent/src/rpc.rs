@@ -1,0 +1,172 @@
+//! The ttrpc services the agent serves on vsock: thin handlers that check the request, call the
+//! process module and map its errors to ttrpc status codes.
+
+use std::sync::Arc;
+
+use husk_agent_protocol::agent::*;
+use husk_agent_protocol::agent_ttrpc::{create_agent_service, AgentService};
+use husk_agent_protocol::health::*;
+use husk_agent_protocol::health_ttrpc::{create_health, Health};
+use husk_agent_protocol::ttrpc::{self, error::get_rpc_status, Code, TtrpcContext};
+
+use crate::process::{ProcessError, Spec, Table};
+
+type Result<T> = ttrpc::Result<T>;
+
+fn rpc_error(e: ProcessError) -> ttrpc::Error {
+    let code = match e {
+        ProcessError::Exists(_) => Code::ALREADY_EXISTS,
+        ProcessError::NotFound(_) => Code::NOT_FOUND,
+        ProcessError::BadRequest(_) => Code::INVALID_ARGUMENT,
+        ProcessError::Io(..) => Code::INTERNAL,
+    };
+    get_rpc_status(code, e.to_string())
+}
+
+fn only_guest_root(container_id: &str) -> Result<()> {
+    if container_id.is_empty() {
+        Ok(())
+    } else {
+        Err(get_rpc_status(
+            Code::UNIMPLEMENTED,
+            "containers are not served yet: leave container_id empty",
+        ))
+    }
+}
+
+pub struct Agent {
+    pub procs: Arc<Table>,
+}
+
+impl AgentService for Agent {
+    fn exec_process(&self, _: &TtrpcContext, req: ExecProcessRequest) -> Result<Empty> {
+        only_guest_root(&req.container_id)?;
+        let p = req.process.into_option().unwrap_or_default();
+        let spec = Spec {
+            args: p.args,
+            env: p.env,
+            cwd: p.cwd,
+            terminal: p.terminal,
+            uid: p.uid,
+            gid: p.gid,
+            rows: p.rows.min(u16::MAX.into()) as u16,
+            columns: p.columns.min(u16::MAX.into()) as u16,
+        };
+        let proc = self.procs.spawn(&req.exec_id, spec).map_err(rpc_error)?;
+        crate::log::debug(&format!("exec {} started as pid {}", req.exec_id, proc.pid));
+        Ok(Empty::new())
+    }
+
+    fn wait_process(
+        &self,
+        _: &TtrpcContext,
+        req: WaitProcessRequest,
+    ) -> Result<WaitProcessResponse> {
+        let p = self.procs.get(&req.exec_id).map_err(rpc_error)?;
+        let status = p.wait();
+        self.procs.remove(&req.exec_id);
+        Ok(WaitProcessResponse {
+            status,
+            ..Default::default()
+        })
+    }
+
+    fn signal_process(&self, _: &TtrpcContext, req: SignalProcessRequest) -> Result<Empty> {
+        let p = self.procs.get(&req.exec_id).map_err(rpc_error)?;
+        let sig = i32::try_from(req.signal)
+            .ok()
+            .filter(|s| (1..=64).contains(s))
+            .ok_or_else(|| {
+                get_rpc_status(Code::INVALID_ARGUMENT, format!("bad signal {}", req.signal))
+            })?;
+        // SAFETY: kill has no memory preconditions; a stale pid only yields ESRCH.
+        unsafe { libc::kill(p.pid, sig) };
+        Ok(Empty::new())
+    }
+
+    fn write_stdin(
+        &self,
+        _: &TtrpcContext,
+        req: WriteStreamRequest,
+    ) -> Result<WriteStreamResponse> {
+        let p = self.procs.get(&req.exec_id).map_err(rpc_error)?;
+        let len = p
+            .write_stdin(&req.data)
+            .map_err(|e| get_rpc_status(Code::FAILED_PRECONDITION, format!("stdin: {e}")))?;
+        Ok(WriteStreamResponse {
+            len: len as u32,
+            ..Default::default()
+        })
+    }
+
+    fn read_stdout(&self, _: &TtrpcContext, req: ReadStreamRequest) -> Result<ReadStreamResponse> {
+        self.read(req, false)
+    }
+
+    fn read_stderr(&self, _: &TtrpcContext, req: ReadStreamRequest) -> Result<ReadStreamResponse> {
+        self.read(req, true)
+    }
+
+    fn close_stdin(&self, _: &TtrpcContext, req: CloseStdinRequest) -> Result<Empty> {
+        self.procs
+            .get(&req.exec_id)
+            .map_err(rpc_error)?
+            .close_stdin();
+        Ok(Empty::new())
+    }
+
+    fn tty_win_resize(&self, _: &TtrpcContext, req: TtyWinResizeRequest) -> Result<Empty> {
+        let p = self.procs.get(&req.exec_id).map_err(rpc_error)?;
+        let clamp = |v: u32| v.min(u16::MAX.into()) as u16;
+        p.resize(clamp(req.row), clamp(req.column))
+            .map_err(|e| get_rpc_status(Code::FAILED_PRECONDITION, e.to_string()))?;
+        Ok(Empty::new())
+    }
+}
+
+impl Agent {
+    fn read(&self, req: ReadStreamRequest, stderr: bool) -> Result<ReadStreamResponse> {
+        let p = self.procs.get(&req.exec_id).map_err(rpc_error)?;
+        let data = p
+            .read_output(stderr, req.len as usize)
+            .map_err(|e| get_rpc_status(Code::INTERNAL, e.to_string()))?;
+        Ok(ReadStreamResponse {
+            data,
+            ..Default::default()
+        })
+    }
+}
+
+pub struct HealthService;
+
+impl Health for HealthService {
+    fn check(&self, _: &TtrpcContext, _: CheckRequest) -> Result<HealthCheckResponse> {
+        Ok(HealthCheckResponse {
+            status: health_check_response::ServingStatus::SERVING.into(),
+            ..Default::default()
+        })
+    }
+
+    fn version(&self, _: &TtrpcContext, _: CheckRequest) -> Result<VersionCheckResponse> {
+        Ok(VersionCheckResponse {
+            grpc_version: "ttrpc".into(),
+            agent_version: env!("CARGO_PKG_VERSION").into(),
+            ..Default::default()
+        })
+    }
+}
+
+/// Serves the agent API and health service on vsock port `port` until the process ends.
+pub fn serve(procs: Arc<Table>, port: u32) -> std::result::Result<ttrpc::Server, ttrpc::Error> {
+    // Reads of process output block until there is some: keep enough workers for several
+    // processes' stdout, stderr and wait calls at once.
+    let mut server = ttrpc::Server::new()
+        .set_thread_count_min(2)
+        .set_thread_count_default(8)
+        .set_thread_count_max(128)
+        .bind(&format!("vsock://-1:{port}"))?
+        .register_service(create_agent_service(Arc::new(Agent { procs })))
+        .register_service(create_health(Arc::new(HealthService)));
+    server.start()?;
+    Ok(server)
+}
