@@ -84,7 +84,11 @@ fn main() {
         match init::wait_signal(&signals, None) {
             Some(init::Event::Power(p)) => init::power(p),
             Some(init::Event::Child) | None => {
-                for (pid, status) in init::reap() {
+                let reaped = {
+                    let _no_spawn = process::SPAWN_LOCK.lock().expect("spawn lock");
+                    init::reap()
+                };
+                for (pid, status) in reaped {
                     procs.exited(pid, status);
                 }
             }

@@ -97,6 +97,14 @@ impl Proc {
         }
     }
 
+    /// True once the exit status is known and both output streams were read to their end:
+    /// nothing is left for the host to collect.
+    fn collected(&self) -> bool {
+        self.status.lock().expect("status lock").is_some()
+            && self.stdout.lock().expect("output lock").is_none()
+            && self.stderr.lock().expect("output lock").is_none()
+    }
+
     pub fn resize(&self, rows: u16, columns: u16) -> Result<(), std::io::Error> {
         let Some(pty) = &self.pty else {
             return Err(std::io::Error::other("the process has no terminal"));
@@ -121,6 +129,11 @@ fn set_winsize(pty: &File, rows: u16, columns: u16) -> Result<(), std::io::Error
     }
 }
 
+/// Held while spawning and while PID 1 reaps. Spawning must not race the reaper: the standard
+/// library reaps a child whose exec failed by itself (and aborts if someone else did), and a
+/// child that exits at once must already be in the pid table when its status is collected.
+pub static SPAWN_LOCK: Mutex<()> = Mutex::new(());
+
 /// Every process by exec id, and by pid for the reaper.
 #[derive(Default)]
 pub struct Table {
@@ -138,9 +151,12 @@ impl Table {
             .ok_or_else(|| ProcessError::NotFound(id.into()))
     }
 
-    /// Forgets a finished process (after its status was collected).
-    pub fn remove(&self, id: &str) {
-        self.by_id.lock().expect("table lock").remove(id);
+    /// Forgets process `id` once its status and all its output were collected.
+    pub fn forget_if_collected(&self, id: &str) {
+        let mut by_id = self.by_id.lock().expect("table lock");
+        if by_id.get(id).is_some_and(|p| p.collected()) {
+            by_id.remove(id);
+        }
     }
 
     /// Records the exit status of `pid` if it is one of ours. Called by PID 1's reaper.
@@ -157,6 +173,7 @@ impl Table {
                 "the process has no arguments".into(),
             ));
         }
+        let _spawning = SPAWN_LOCK.lock().expect("spawn lock");
         let mut by_id = self.by_id.lock().expect("table lock");
         if by_id.contains_key(id) {
             return Err(ProcessError::Exists(id.into()));
@@ -220,8 +237,6 @@ impl Table {
             });
         }
 
-        // Hold the pid table lock across spawn so the reaper cannot miss a fast exit.
-        let mut by_pid = self.by_pid.lock().expect("table lock");
         let mut child = cmd
             .spawn()
             .map_err(io_err(&format!("cannot run {}", spec.args[0])))?;
@@ -237,7 +252,10 @@ impl Table {
         });
         // `child` is dropped without waiting: PID 1's reaper collects every exit.
         drop(child);
-        by_pid.insert(proc.pid, proc.clone());
+        self.by_pid
+            .lock()
+            .expect("table lock")
+            .insert(proc.pid, proc.clone());
         by_id.insert(id.into(), proc.clone());
         Ok(proc)
     }

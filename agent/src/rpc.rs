@@ -64,7 +64,7 @@ impl AgentService for Agent {
     ) -> Result<WaitProcessResponse> {
         let p = self.procs.get(&req.exec_id).map_err(rpc_error)?;
         let status = p.wait();
-        self.procs.remove(&req.exec_id);
+        self.procs.forget_if_collected(&req.exec_id);
         Ok(WaitProcessResponse {
             status,
             ..Default::default()
@@ -130,6 +130,9 @@ impl Agent {
         let data = p
             .read_output(stderr, req.len as usize)
             .map_err(|e| get_rpc_status(Code::INTERNAL, e.to_string()))?;
+        if data.is_empty() {
+            self.procs.forget_if_collected(&req.exec_id);
+        }
         Ok(ReadStreamResponse {
             data,
             ..Default::default()
