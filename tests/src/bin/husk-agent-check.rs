@@ -155,10 +155,10 @@ fn check(sandbox: &Sandbox) -> bool {
 
     report(
         "unknown_process_is_not_found",
-        (|| match wait(agent, "nope") {
+        match wait(agent, "nope") {
             Err(e) if e.contains("NOT_FOUND") => Ok(()),
             other => Err(format!("{other:?}")),
-        })(),
+        },
     );
 
     report(
@@ -195,10 +195,10 @@ fn check(sandbox: &Sandbox) -> bool {
 
     report(
         "missing_binary_is_an_error",
-        (|| match exec(agent, "nobin", &["/no/such/binary"]) {
+        match exec(agent, "nobin", &["/no/such/binary"]) {
             Err(e) if e.contains("cannot run /no/such/binary") => Ok(()),
             other => Err(format!("{other:?}")),
-        })(),
+        },
     );
 
     // Host connections to a port nobody listens on are closed, not left hanging.
