@@ -229,6 +229,14 @@ fn connect(
     }
 }
 
+/// The human part of an agent error: the status message for an RPC status, else the error.
+pub fn rpc_message(e: &ttrpc::Error) -> String {
+    match e {
+        ttrpc::Error::RpcStatus(s) => s.message.clone(),
+        other => other.to_string(),
+    }
+}
+
 /// `CONNECT <port>\n` on the hybrid-vsock socket; `None` if the guest does not accept (yet).
 pub fn hybrid_connect(sock: &Path, port: u32) -> Option<UnixStream> {
     let mut stream = UnixStream::connect(sock).ok()?;

@@ -10,7 +10,7 @@ use anyhow::{bail, Context as _};
 use husk_agent_protocol::agent::*;
 use husk_agent_protocol::agent_ttrpc::AgentServiceClient;
 use husk_agent_protocol::ttrpc::context::Context;
-use husk_shim::sandbox::{find_guest_image, find_vmm, Sandbox, SandboxConfig};
+use husk_shim::sandbox::{find_guest_image, find_vmm, rpc_message, Sandbox, SandboxConfig};
 
 const EXEC_ID: &str = "huskctl-run";
 /// Bytes asked for per ReadStdout/ReadStderr call.
@@ -240,9 +240,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
         }),
         ..Default::default()
     };
-    agent
-        .exec_process(Context::default(), &req)
-        .with_context(|| format!("cannot run {} in the guest", args.command[0]))?;
+    if let Err(e) = agent.exec_process(Context::default(), &req) {
+        bail!(
+            "cannot run {} in the guest: {}",
+            args.command[0],
+            rpc_message(&e)
+        );
+    }
 
     if args.tty {
         raw_terminal()?;
