@@ -8,3 +8,10 @@ where=$(tests/testhost/run.sh --check 2>/dev/null | head -1 || true)
 echo "Where: ${where:-unknown}"
 HUSK_TESTHOST_TIMEOUT=${HUSK_TESTHOST_TIMEOUT:-1200} tests/testhost/run.sh python3 tests/bench/boot_bench.py \
   target/release/husk-vmm target/guest/vmlinux target/guest/initramfs.img "$runs" </dev/null
+
+echo
+echo "Agent over vsock (1 vCPU, 256 MiB; through the agent's ttrpc API, as huskctl and the shim use it):"
+echo
+echo "| measurement | value |"
+echo "|---|---|"
+HUSK_TESTHOST_TIMEOUT=${HUSK_TESTHOST_TIMEOUT:-1200} tests/testhost/run.sh target/release/husk-agent-check bench </dev/null

@@ -269,7 +269,7 @@ fn bench() {
     let (_, out, _) = run(
         agent,
         "g2h",
-        &["/bin/sh", "-c", &format!("head -c {}M /dev/zero", mib)],
+        &["/bin/sh", "-c", &format!("head -c {} /dev/zero", mib << 20)],
     )
     .expect("g2h");
     let g2h = out.len() as f64 / (1 << 20) as f64 / t.elapsed().as_secs_f64();
