@@ -43,8 +43,9 @@ initramfs: agent
 
 guest-image: kernel initramfs
 
-# Boots the guest with husk-vmm (in the test host where this machine's KVM cannot run a
-# standard guest) and shows the agent's ready line and the boot time.
+# Boots the guest with husk-vmm and shows the agent's ready line and the boot time, then runs a
+# command in a fresh microVM with huskctl (in the test host where this machine's KVM cannot run
+# a standard guest).
 demo: deps build guest-image
 	@echo "== husk-vmm boots the guest (2 vCPUs, 256 MiB); the agent prints its ready line:"
 	@start=$$(date +%s.%N); \
@@ -52,6 +53,9 @@ demo: deps build guest-image
 		--vcpus 2 --memory 256 --console stdio </dev/null; rc=$$?; \
 	end=$$(date +%s.%N); \
 	echo "== husk-vmm exited with status $$rc; wall time including the test host: $$(echo "$$end - $$start" | bc) s"
+	@echo "== huskctl run -- busybox uname -a   (a command in its own microVM, over vsock):"
+	@$(TESTHOST) target/release/huskctl run -- busybox sh -c 'uname -a; echo "this guest has $$(nproc) vCPU"' </dev/null; \
+	echo "== huskctl exited with status $$?"
 
 test: deps build guest-image unit-test integration-test
 

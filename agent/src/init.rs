@@ -75,6 +75,16 @@ pub fn ensure_console() {
     }
 }
 
+/// True when the guest has a virtio-vsock device (virtio device id 19), i.e. a way to the host.
+pub fn has_vsock_device() -> bool {
+    let Ok(devices) = std::fs::read_dir("/sys/bus/virtio/devices") else {
+        return false;
+    };
+    devices.flatten().any(|d| {
+        std::fs::read_to_string(d.path().join("device")).is_ok_and(|id| id.trim() == "0x0013")
+    })
+}
+
 /// Facts for the ready line.
 pub struct Facts {
     pub uptime: Duration,

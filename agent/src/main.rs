@@ -63,6 +63,10 @@ fn main() {
     }
 
     let procs = Arc::new(process::Table::default());
+    if !init::has_vsock_device() {
+        log::info("nothing to serve (no command given, no vsock device to the host)");
+        init::power(Power::Off);
+    }
     // Kept alive for as long as PID 1 runs.
     let _server = match rpc::serve(procs.clone(), husk_agent_protocol::AGENT_PORT) {
         Ok(server) => {
@@ -73,9 +77,7 @@ fn main() {
             Some(server)
         }
         Err(e) => {
-            log::info(&format!(
-                "nothing to serve (no command given, no host channel: {e})"
-            ));
+            log::info(&format!("cannot serve on vsock: {e}"));
             init::power(Power::Off);
             None
         }

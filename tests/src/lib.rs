@@ -63,9 +63,12 @@ pub fn run_batch(scenarios: &[(&str, String)]) -> BTreeMap<String, Section> {
             "echo '=== begin {name}'\n( {cmd} ) </dev/null 2>&1\necho \"=== end {name} $?\"\n"
         ));
     }
+    // A batch that hangs must fail in minutes, not at CI's limit.
+    let timeout = std::env::var("HUSK_TESTHOST_TIMEOUT").unwrap_or_else(|_| "300".into());
     let out = run(Command::new(repo().join("tests/testhost/run.sh"))
         .args(["sh", "-c", &script])
         .env("HUSK_REPO", repo())
+        .env("HUSK_TESTHOST_TIMEOUT", timeout)
         .current_dir(repo()));
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
