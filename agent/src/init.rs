@@ -55,6 +55,67 @@ pub fn mount_basics() {
     }
 }
 
+/// A virtio-fs share to mount, from `agent.mount=TAG:DIR[:ro]` on the kernel command line.
+#[derive(Debug, PartialEq)]
+pub struct ShareMount {
+    pub tag: String,
+    pub target: String,
+    pub read_only: bool,
+}
+
+pub fn parse_share_mounts(cmdline: &str) -> Vec<ShareMount> {
+    cmdline
+        .split_whitespace()
+        .filter_map(|w| w.strip_prefix("agent.mount="))
+        .filter_map(|spec| {
+            let mut parts = spec.split(':');
+            let tag = parts.next()?.to_string();
+            let target = parts.next()?.to_string();
+            let read_only = match parts.next() {
+                None | Some("rw") => false,
+                Some("ro") => true,
+                Some(_) => return None,
+            };
+            (!tag.is_empty() && target.starts_with('/')).then_some(ShareMount {
+                tag,
+                target,
+                read_only,
+            })
+        })
+        .collect()
+}
+
+/// Mounts every virtio-fs share named on the kernel command line; reports each failure.
+pub fn mount_shares() -> Vec<String> {
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let mut errors = Vec::new();
+    for m in parse_share_mounts(&cmdline) {
+        let _ = std::fs::create_dir_all(&m.target);
+        let c = |s: &str| CString::new(s).expect("no NUL in kernel command line words");
+        let (tag, target, fstype) = (c(&m.tag), c(&m.target), c("virtiofs"));
+        let flags = if m.read_only { libc::MS_RDONLY } else { 0 };
+        // SAFETY: every pointer is a valid NUL-terminated string that outlives the call.
+        let rc = unsafe {
+            libc::mount(
+                tag.as_ptr(),
+                target.as_ptr(),
+                fstype.as_ptr(),
+                flags,
+                std::ptr::null(),
+            )
+        };
+        if rc != 0 {
+            errors.push(format!(
+                "cannot mount share {} at {}: {}",
+                m.tag,
+                m.target,
+                std::io::Error::last_os_error()
+            ));
+        }
+    }
+    errors
+}
+
 /// Makes sure stdin, stdout and stderr are the console, in case the kernel found no
 /// `/dev/console` in the initramfs before `/dev` was mounted.
 pub fn ensure_console() {
@@ -248,6 +309,33 @@ pub fn power(p: Power) {
         say!(
             "husk-agent: cannot {p:?}: {}",
             std::io::Error::last_os_error()
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn share_mounts_from_the_command_line() {
+        let m = parse_share_mounts(
+            "console=ttyS0 agent.mount=kataShared:/run/kata-containers/shared/containers agent.mount=vol0:/mnt:ro agent.mount=bad agent.mount=t:relative agent.mount=t:/x:maybe",
+        );
+        assert_eq!(
+            m,
+            vec![
+                ShareMount {
+                    tag: "kataShared".into(),
+                    target: "/run/kata-containers/shared/containers".into(),
+                    read_only: false
+                },
+                ShareMount {
+                    tag: "vol0".into(),
+                    target: "/mnt".into(),
+                    read_only: true
+                },
+            ]
         );
     }
 }

@@ -41,6 +41,11 @@ fn main() {
     }
     let signals = init::block_signals();
     log::init(husk_agent_protocol::LOG_PORT);
+    if pid1 {
+        for e in init::mount_shares() {
+            log::info(&e);
+        }
+    }
 
     let facts = init::Facts::read();
     log::info(&format!(

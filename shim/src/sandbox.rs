@@ -42,6 +42,43 @@ pub struct SandboxConfig {
     pub kernel_params: Option<String>,
     /// How long to wait for the agent's first answer.
     pub boot_timeout: Duration,
+    /// Host directories shared with the guest (virtio-fs), mounted by the agent at boot.
+    pub volumes: Vec<Volume>,
+}
+
+/// `HOSTDIR:GUESTDIR[:ro]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Volume {
+    pub host: PathBuf,
+    pub guest: String,
+    pub read_only: bool,
+}
+
+impl std::str::FromStr for Volume {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let parts: Vec<&str> = s.split(':').collect();
+        let (host, guest, read_only) = match parts.as_slice() {
+            [h, g] => (h, g, false),
+            [h, g, "ro"] => (h, g, true),
+            [h, g, "rw"] => (h, g, false),
+            _ => return Err(format!("volume {s:?} is not HOSTDIR:GUESTDIR[:ro]")),
+        };
+        if !guest.starts_with('/') || guest.contains(char::is_whitespace) {
+            return Err(format!(
+                "guest directory {guest:?} must be an absolute path without spaces"
+            ));
+        }
+        let host = std::fs::canonicalize(host).map_err(|e| format!("volume {host}: {e}"))?;
+        if !host.is_dir() {
+            return Err(format!("volume {}: not a directory", host.display()));
+        }
+        Ok(Volume {
+            host,
+            guest: guest.to_string(),
+            read_only,
+        })
+    }
 }
 
 /// Where the guest image may be: installed, beside the binary (a build tree), or in the
@@ -155,8 +192,19 @@ impl Sandbox {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        if let Some(params) = &config.kernel_params {
-            cmd.args(["--append", params]);
+        let mut params: Vec<String> = config.kernel_params.iter().cloned().collect();
+        for (i, v) in config.volumes.iter().enumerate() {
+            let tag = format!("vol{i}");
+            cmd.arg("--fs")
+                .arg(format!("tag={tag},path={}", v.host.display()));
+            params.push(format!(
+                "agent.mount={tag}:{}{}",
+                v.guest,
+                if v.read_only { ":ro" } else { "" }
+            ));
+        }
+        if !params.is_empty() {
+            cmd.args(["--append", &params.join(" ")]);
         }
         let child = match cmd.spawn() {
             Ok(c) => c,

@@ -48,6 +48,10 @@ struct Args {
     /// The guest's vsock CID.
     #[arg(long, default_value_t = 3)]
     vsock_cid: u64,
+    /// Share a host directory with virtio-fs: `tag=TAG,path=DIR[,cache=never|auto|always]`
+    /// (the guest mounts it with `mount -t virtiofs TAG DIR`). May be repeated.
+    #[arg(long, value_name = "tag=TAG,path=DIR[,cache=MODE]")]
+    fs: Vec<husk_vmm::devices::virtio::fs::FsConfig>,
 }
 
 fn main() -> ExitCode {
@@ -74,6 +78,7 @@ fn main() -> ExitCode {
         },
         rng: !args.no_rng,
         vsock: args.vsock_uds.map(|p| (p, args.vsock_cid)),
+        fs: args.fs,
     };
     match husk_vmm::run(&config) {
         Ok(reason) => {

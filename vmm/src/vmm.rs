@@ -13,6 +13,7 @@ use linux_loader::cmdline::Cmdline;
 use crate::boot::{self, BootError};
 use crate::device_manager::{DeviceError, DeviceManager};
 use crate::devices::legacy::serial::SerialConsole;
+use crate::devices::virtio::fs::{Fs, FsConfig, FsError};
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::vsock::muxer::MuxerError;
 use crate::devices::virtio::vsock::Vsock;
@@ -58,6 +59,8 @@ pub enum VmmError {
     Vsock(#[from] MuxerError),
     #[error("Guest CID {0} is reserved: use 3 or higher")]
     Cid(u64),
+    #[error(transparent)]
+    Fs(#[from] FsError),
 }
 
 /// Where the guest's serial console goes.
@@ -83,6 +86,8 @@ pub struct VmConfig {
     pub rng: bool,
     /// Host Unix socket of the hybrid vsock device, and the guest's CID.
     pub vsock: Option<(PathBuf, u64)>,
+    /// Host directories shared with virtio-fs.
+    pub fs: Vec<FsConfig>,
 }
 
 impl Default for VmConfig {
@@ -97,6 +102,7 @@ impl Default for VmConfig {
             console: ConsoleOutput::Stdio,
             rng: true,
             vsock: None,
+            fs: Vec::new(),
         }
     }
 }
@@ -226,6 +232,9 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
     let serial = devices.add_legacy(&vm, console_writer(&config.console)?, stop_tx.clone())?;
     if let Some((path, cid)) = &config.vsock {
         devices.add_virtio(&vm, &mem, Box::new(Vsock::new(*cid, path)?))?;
+    }
+    for fs in &config.fs {
+        devices.add_virtio(&vm, &mem, Box::new(Fs::new(fs)?))?;
     }
     if config.rng {
         devices.add_virtio(&vm, &mem, Box::new(Rng::new().map_err(VmmError::Rng)?))?;

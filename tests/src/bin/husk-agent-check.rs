@@ -29,6 +29,7 @@ fn config(vcpus: u8) -> SandboxConfig {
         memory_mib: 256,
         kernel_params: None,
         boot_timeout: Duration::from_secs(120),
+        volumes: Vec::new(),
     }
 }
 

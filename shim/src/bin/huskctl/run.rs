@@ -10,7 +10,7 @@ use anyhow::{bail, Context as _};
 use husk_agent_protocol::agent::*;
 use husk_agent_protocol::agent_ttrpc::AgentServiceClient;
 use husk_agent_protocol::ttrpc::context::Context;
-use husk_shim::sandbox::{find_guest_image, find_vmm, rpc_message, Sandbox, SandboxConfig};
+use husk_shim::sandbox::{find_guest_image, find_vmm, rpc_message, Sandbox, SandboxConfig, Volume};
 
 const EXEC_ID: &str = "huskctl-run";
 /// Bytes asked for per ReadStdout/ReadStderr call.
@@ -36,6 +36,9 @@ pub struct RunArgs {
     /// Show the agent's log on stderr, with debug lines.
     #[arg(long)]
     debug: bool,
+    /// Share a host directory with the guest: HOSTDIR:GUESTDIR[:ro] (virtio-fs). May be repeated.
+    #[arg(short = 'v', long = "volume", value_name = "HOSTDIR:GUESTDIR[:ro]")]
+    volumes: Vec<Volume>,
     /// Seconds to wait for the agent to answer after boot.
     #[arg(long, default_value_t = 120)]
     boot_timeout: u64,
@@ -204,6 +207,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
         memory_mib: args.memory,
         kernel_params: args.debug.then(|| "agent.log=debug".to_string()),
         boot_timeout: Duration::from_secs(args.boot_timeout),
+        volumes: args.volumes,
     };
     let log: Box<dyn Write + Send> = if args.debug {
         Box::new(std::io::stderr())

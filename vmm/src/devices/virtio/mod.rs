@@ -1,6 +1,7 @@
 //! virtio devices over the MMIO transport. Every device has the same shape: a type implementing
 //! [`VirtioDevice`], an explicit [`DeviceState`], and its tests beside it.
 
+pub mod fs;
 pub mod rng;
 pub mod transport;
 pub mod vsock;

@@ -1,0 +1,363 @@
+//! virtio-fs: a FUSE server over virtio queues, serving one host directory to the guest.
+//!
+//! The file system itself is `fuse-backend-rs`'s passthrough file system (the one Kata's
+//! Dragonball and Cloud Hypervisor's virtiofsd lineage use): it decodes and validates every FUSE
+//! request and works on file descriptors below the shared directory, never on host paths built
+//! from guest strings, and it never follows a symlink on the host. We provide the queues, the
+//! thread, and the policy (cache mode, xattrs).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use fuse_backend_rs::api::server::Server;
+use fuse_backend_rs::passthrough::{CachePolicy, Config, PassthroughFs};
+use fuse_backend_rs::transport::{Reader, VirtioFsWriter};
+use virtio_queue::{Queue, QueueT};
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::{ActivateError, Interrupt, VirtioDevice, INT_VRING, TYPE_FS};
+use crate::vstate::memory::GuestMemory;
+
+/// One high-priority queue (FORGET, INTERRUPT) and one request queue.
+const QUEUE_SIZES: [u16; 2] = [1024, 1024];
+const TAG_LEN: usize = 36;
+
+const TOKEN_STOP: u64 = 100;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CacheMode {
+    Never,
+    Auto,
+    Always,
+}
+
+impl std::str::FromStr for CacheMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "never" | "none" => Ok(CacheMode::Never),
+            "auto" => Ok(CacheMode::Auto),
+            "always" => Ok(CacheMode::Always),
+            other => Err(format!(
+                "cache mode {other:?} is not one of never, auto, always"
+            )),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FsError {
+    #[error("virtio-fs tag {0:?} must be 1 to 36 bytes")]
+    Tag(String),
+    #[error("Shared directory {0} is not a directory")]
+    NotADirectory(PathBuf),
+    #[error("Cannot serve the shared directory {0}")]
+    Passthrough(PathBuf, #[source] std::io::Error),
+}
+
+/// `--fs tag=TAG,path=DIR[,cache=never|auto|always]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FsConfig {
+    pub tag: String,
+    pub path: PathBuf,
+    pub cache: CacheMode,
+}
+
+impl std::str::FromStr for FsConfig {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (mut tag, mut path, mut cache) = (None, None, CacheMode::Auto);
+        for part in s.split(',') {
+            match part.split_once('=') {
+                Some(("tag", v)) => tag = Some(v.to_string()),
+                Some(("path", v)) => path = Some(PathBuf::from(v)),
+                Some(("cache", v)) => cache = v.parse()?,
+                _ => {
+                    return Err(format!(
+                        "unknown --fs option {part:?} (tag=, path=, cache=)"
+                    ))
+                }
+            }
+        }
+        Ok(FsConfig {
+            tag: tag.ok_or("--fs needs tag=TAG")?,
+            path: path.ok_or("--fs needs path=DIR")?,
+            cache,
+        })
+    }
+}
+
+type FsServer = Server<Arc<PassthroughFs<()>>>;
+
+pub struct Fs {
+    config: [u8; TAG_LEN + 4],
+    server: Arc<FsServer>,
+    queue_evts: [EventFd; 2],
+    stop_evt: EventFd,
+    worker: Option<JoinHandle<()>>,
+}
+
+impl Fs {
+    pub fn new(cfg: &FsConfig) -> Result<Self, FsError> {
+        if cfg.tag.is_empty() || cfg.tag.len() > TAG_LEN {
+            return Err(FsError::Tag(cfg.tag.clone()));
+        }
+        if !cfg.path.is_dir() {
+            return Err(FsError::NotADirectory(cfg.path.clone()));
+        }
+        let passthrough = |e| FsError::Passthrough(cfg.path.clone(), e);
+        let timeout = match cfg.cache {
+            CacheMode::Never => Duration::ZERO,
+            _ => Duration::from_secs(1),
+        };
+        let fs = PassthroughFs::<()>::new(Config {
+            root_dir: cfg.path.to_string_lossy().into_owned(),
+            cache_policy: match cfg.cache {
+                CacheMode::Never => CachePolicy::Never,
+                CacheMode::Auto => CachePolicy::Auto,
+                CacheMode::Always => CachePolicy::Always,
+            },
+            attr_timeout: timeout,
+            entry_timeout: timeout,
+            xattr: true,
+            do_import: true,
+            ..Default::default()
+        })
+        .map_err(passthrough)?;
+        fs.import().map_err(passthrough)?;
+
+        // struct virtio_fs_config { u8 tag[36]; le32 num_request_queues; }
+        let mut config = [0u8; TAG_LEN + 4];
+        config[..cfg.tag.len()].copy_from_slice(cfg.tag.as_bytes());
+        config[TAG_LEN..].copy_from_slice(&1u32.to_le_bytes());
+        let evt = || EventFd::new(libc::EFD_NONBLOCK).map_err(passthrough);
+        Ok(Fs {
+            config,
+            server: Arc::new(Server::new(Arc::new(fs))),
+            queue_evts: [evt()?, evt()?],
+            stop_evt: evt()?,
+            worker: None,
+        })
+    }
+
+    fn stop_worker(&mut self) {
+        if let Some(w) = self.worker.take() {
+            let _ = self.stop_evt.write(1);
+            let _ = w.join();
+        }
+    }
+}
+
+impl VirtioDevice for Fs {
+    fn device_type(&self) -> u32 {
+        TYPE_FS
+    }
+
+    fn features(&self) -> u64 {
+        0
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &QUEUE_SIZES
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        super::read_config_bytes(&self.config, offset, data);
+    }
+
+    fn activate(
+        &mut self,
+        mem: GuestMemory,
+        interrupt: Arc<Interrupt>,
+        queues: Vec<Queue>,
+        _acked_features: u64,
+    ) -> Result<(), ActivateError> {
+        let err = |e| ActivateError::Device("virtio-fs", e);
+        let epoll = Epoll::new().map_err(err)?;
+        let mut evts = Vec::new();
+        for (i, e) in self.queue_evts.iter().enumerate() {
+            let e = e.try_clone().map_err(err)?;
+            epoll
+                .ctl(
+                    ControlOperation::Add,
+                    std::os::fd::AsRawFd::as_raw_fd(&e),
+                    EpollEvent::new(EventSet::IN, i as u64),
+                )
+                .map_err(err)?;
+            evts.push(e);
+        }
+        let stop = self.stop_evt.try_clone().map_err(err)?;
+        epoll
+            .ctl(
+                ControlOperation::Add,
+                std::os::fd::AsRawFd::as_raw_fd(&stop),
+                EpollEvent::new(EventSet::IN, TOKEN_STOP),
+            )
+            .map_err(err)?;
+        let mut worker = Worker {
+            mem,
+            interrupt,
+            queues,
+            server: self.server.clone(),
+        };
+        let handle = std::thread::Builder::new()
+            .name("virtio-fs".into())
+            .spawn(move || {
+                let mut events = vec![EpollEvent::default(); 4];
+                loop {
+                    let n = match epoll.wait(-1, &mut events) {
+                        Ok(n) => n,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                        Err(_) => return,
+                    };
+                    for e in &events[..n] {
+                        match e.data() {
+                            TOKEN_STOP => return,
+                            q => {
+                                let _ = evts[q as usize].read();
+                                worker.process(q as usize);
+                            }
+                        }
+                    }
+                }
+            })
+            .map_err(err)?;
+        self.worker = Some(handle);
+        Ok(())
+    }
+
+    fn queue_notify(&mut self, index: u16) {
+        if let Some(e) = self.queue_evts.get(usize::from(index)) {
+            let _ = e.write(1);
+        }
+    }
+
+    fn reset(&mut self) {
+        self.stop_worker();
+    }
+}
+
+impl Drop for Fs {
+    fn drop(&mut self) {
+        self.stop_worker();
+    }
+}
+
+struct Worker {
+    mem: GuestMemory,
+    interrupt: Arc<Interrupt>,
+    queues: Vec<Queue>,
+    server: Arc<FsServer>,
+}
+
+impl Worker {
+    /// Serves every request queued on queue `q`. A malformed request gets a FUSE error reply or,
+    /// if even that is impossible, is returned with nothing written.
+    fn process(&mut self, q: usize) {
+        let mem = &self.mem;
+        let Some(queue) = self.queues.get_mut(q) else {
+            return;
+        };
+        let mut used = false;
+        while let Some(chain) = queue.pop_descriptor_chain(mem) {
+            let head = chain.head_index();
+            let reader = Reader::from_descriptor_chain(mem, chain.clone());
+            let writer = VirtioFsWriter::new(mem, chain);
+            let written = match (reader, writer) {
+                (Ok(r), Ok(w)) => match self.server.handle_message(r, w.into(), None, None) {
+                    Ok(n) => n,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "virtio-fs: request failed");
+                        0
+                    }
+                },
+                _ => {
+                    tracing::debug!("virtio-fs: bad descriptor chain");
+                    0
+                }
+            };
+            if queue.add_used(mem, head, written as u32).is_err() {
+                break;
+            }
+            used = true;
+        }
+        if used && queue.needs_notification(mem).unwrap_or(true) {
+            self.interrupt.signal(INT_VRING);
+        }
+    }
+}
+
+/// A name the kernel accepts as a virtio-fs tag for `path`.
+pub fn default_tag(path: &Path) -> String {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    name.chars().take(TAG_LEN).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fs_option_parsing() {
+        let c: FsConfig = "tag=data,path=/srv/x,cache=never".parse().unwrap();
+        assert_eq!(
+            c,
+            FsConfig {
+                tag: "data".into(),
+                path: "/srv/x".into(),
+                cache: CacheMode::Never
+            }
+        );
+        let c: FsConfig = "path=/a,tag=t".parse().unwrap();
+        assert_eq!(c.cache, CacheMode::Auto);
+        assert!("tag=t".parse::<FsConfig>().is_err());
+        assert!("path=/a".parse::<FsConfig>().is_err());
+        assert!("tag=t,path=/a,cache=sometimes".parse::<FsConfig>().is_err());
+        assert!("tag=t,path=/a,dax=on".parse::<FsConfig>().is_err());
+    }
+
+    #[test]
+    fn config_space_holds_tag_and_one_request_queue() {
+        let dir = std::env::temp_dir();
+        let fs = Fs::new(&FsConfig {
+            tag: "kataShared".into(),
+            path: dir,
+            cache: CacheMode::Auto,
+        })
+        .unwrap();
+        let mut tag = [0u8; 36];
+        fs.read_config(0, &mut tag);
+        assert_eq!(&tag[..10], b"kataShared");
+        assert!(tag[10..].iter().all(|&b| b == 0));
+        let mut n = [0u8; 4];
+        fs.read_config(36, &mut n);
+        assert_eq!(u32::from_le_bytes(n), 1);
+    }
+
+    #[test]
+    fn bad_tag_and_missing_directory_are_refused() {
+        let long = "x".repeat(37);
+        assert!(matches!(
+            Fs::new(&FsConfig {
+                tag: long,
+                path: "/".into(),
+                cache: CacheMode::Auto
+            }),
+            Err(FsError::Tag(_))
+        ));
+        assert!(matches!(
+            Fs::new(&FsConfig {
+                tag: "t".into(),
+                path: "/nonexistent/dir".into(),
+                cache: CacheMode::Auto
+            }),
+            Err(FsError::NotADirectory(_))
+        ));
+    }
+}
