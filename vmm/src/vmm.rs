@@ -207,6 +207,34 @@ fn forward_stdin(serial: Arc<Mutex<SerialConsole>>) {
     }
 }
 
+/// Raises our open-file limit as far as we may (the system's `nr_open` when privileged, else the
+/// hard limit): virtio-fs holds a descriptor for every inode the guest has looked up, and a guest
+/// listing a large directory needs many thousands.
+fn raise_file_limit() {
+    let nr_open: libc::rlim_t = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(1 << 20);
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write a valid rlimit struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return;
+        }
+        let want = libc::rlimit {
+            rlim_cur: nr_open.max(lim.rlim_max),
+            rlim_max: nr_open.max(lim.rlim_max),
+        };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &want) != 0 {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
 /// Boots the guest described by `config` and runs it until it powers off, resets or crashes.
 pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
     let started = std::time::Instant::now();
@@ -232,6 +260,9 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
     let serial = devices.add_legacy(&vm, console_writer(&config.console)?, stop_tx.clone())?;
     if let Some((path, cid)) = &config.vsock {
         devices.add_virtio(&vm, &mem, Box::new(Vsock::new(*cid, path)?))?;
+    }
+    if !config.fs.is_empty() {
+        raise_file_limit();
     }
     for fs in &config.fs {
         devices.add_virtio(&vm, &mem, Box::new(Fs::new(fs)?))?;
