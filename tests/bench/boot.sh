@@ -15,3 +15,6 @@ echo
 echo "| measurement | value |"
 echo "|---|---|"
 HUSK_TESTHOST_TIMEOUT=${HUSK_TESTHOST_TIMEOUT:-1200} tests/testhost/run.sh target/release/husk-agent-check bench </dev/null
+
+echo
+HUSK_TESTHOST_TIMEOUT=${HUSK_TESTHOST_TIMEOUT:-1200} tests/testhost/run.sh tests/bench/fs_bench.sh target/release/huskctl </dev/null
