@@ -340,6 +340,72 @@ mod tests {
         assert_eq!(u32::from_le_bytes(n), 1);
     }
 
+    /// Queues one request chain (a readable part, then `reply_room` writable bytes), lets the
+    /// worker serve it, and returns the length it reported as written.
+    fn serve_one(request: &[u8], reply_room: u32) -> u32 {
+        use virtio_queue::desc::{split::Descriptor, RawDescriptor};
+        use virtio_queue::mock::MockSplitQueue;
+        use vm_memory::{Bytes, GuestAddress};
+
+        let mem = crate::vstate::memory::create(1 << 20).unwrap();
+        mem.write_slice(request, GuestAddress(0x8000)).unwrap();
+        let vq = MockSplitQueue::new(&mem, 16);
+        let mut descs = vec![RawDescriptor::from(Descriptor::new(
+            0x8000,
+            request.len() as u32,
+            0,
+            0,
+        ))];
+        if reply_room > 0 {
+            descs.push(RawDescriptor::from(Descriptor::new(
+                0x9000, reply_room, 2, 0,
+            )));
+        }
+        vq.build_desc_chain(&descs).unwrap();
+        let fs = Fs::new(&FsConfig {
+            tag: "t".into(),
+            path: std::env::temp_dir(),
+            cache: CacheMode::Auto,
+        })
+        .unwrap();
+        let irq = Arc::new(Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()));
+        let mut w = Worker {
+            mem: mem.clone(),
+            interrupt: irq,
+            queues: vec![vq.create_queue().unwrap(), vq.create_queue().unwrap()],
+            server: fs.server.clone(),
+        };
+        w.process(0);
+        vq.used().ring().ref_at(0).unwrap().load().len()
+    }
+
+    #[test]
+    fn truncated_request_is_answered_without_a_reply() {
+        // Fewer bytes than a FUSE in-header (40 bytes).
+        assert_eq!(serve_one(&[1, 2, 3], 4096), 0);
+    }
+
+    #[test]
+    fn header_claiming_more_than_was_sent_gets_an_error_reply_or_nothing() {
+        // A LOOKUP (opcode 1) whose header says 4 KiB but carries no name.
+        let mut req = vec![0u8; 40];
+        req[0..4].copy_from_slice(&4096u32.to_le_bytes());
+        req[4..8].copy_from_slice(&1u32.to_le_bytes());
+        req[16..24].copy_from_slice(&1u64.to_le_bytes());
+        let written = serve_one(&req, 4096);
+        // Either nothing, or a 16-byte FUSE error header.
+        assert!(written == 0 || written == 16, "wrote {written}");
+    }
+
+    #[test]
+    fn request_without_room_for_a_reply_is_survived() {
+        let mut req = vec![0u8; 40];
+        req[0..4].copy_from_slice(&40u32.to_le_bytes());
+        req[4..8].copy_from_slice(&3u32.to_le_bytes()); // GETATTR
+        req[16..24].copy_from_slice(&1u64.to_le_bytes());
+        assert_eq!(serve_one(&req, 0), 0);
+    }
+
     #[test]
     fn bad_tag_and_missing_directory_are_refused() {
         let long = "x".repeat(37);
