@@ -195,8 +195,11 @@ impl Sandbox {
         let mut params: Vec<String> = config.kernel_params.iter().cloned().collect();
         for (i, v) in config.volumes.iter().enumerate() {
             let tag = format!("vol{i}");
-            cmd.arg("--fs")
-                .arg(format!("tag={tag},path={}", v.host.display()));
+            cmd.arg("--fs").arg(format!(
+                "tag={tag},path={}{}",
+                v.host.display(),
+                if v.read_only { ",ro" } else { "" }
+            ));
             params.push(format!(
                 "agent.mount={tag}:{}{}",
                 v.guest,

@@ -24,3 +24,4 @@ check dotdot_stays_in_guest sh -c "! grep -q husk-outside-marker $m/../outside-m
 check absolute_symlink_stays_in_guest sh -c "! grep -q husk-outside-marker $m/abs-link 2>/dev/null"
 check relative_symlink_stays_in_guest sh -c "! grep -q husk-outside-marker $m/rel-link 2>/dev/null"
 check read_only_refuses_writes sh -c "! (echo x > /ro/file) 2>/dev/null && ! rm /ro/file 2>/dev/null && ! mkdir /ro/new 2>/dev/null && [ \"\$(cat /ro/file)\" = keep ]"
+check read_only_enforced_by_the_host sh -c "mount -o remount,rw /ro && ! (echo x > /ro/file) 2>/dev/null && ! rm /ro/file 2>/dev/null"

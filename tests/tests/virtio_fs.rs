@@ -63,6 +63,7 @@ fn each_check_ran() {
         "absolute_symlink_stays_in_guest",
         "relative_symlink_stays_in_guest",
         "read_only_refuses_writes",
+        "read_only_enforced_by_the_host",
         "read_only_share_unchanged",
     ] {
         assert!(

@@ -56,28 +56,92 @@ pub enum FsError {
     NotADirectory(PathBuf),
     #[error("Cannot serve the shared directory {0}")]
     Passthrough(PathBuf, #[source] std::io::Error),
+    #[error("Cannot make the shared directory {0} read-only (needs CAP_SYS_ADMIN)")]
+    ReadOnly(PathBuf, #[source] std::io::Error),
 }
 
-/// `--fs tag=TAG,path=DIR[,cache=never|auto|always]`.
+/// Makes `path` read-only for this process: a private mount namespace (once per process, while
+/// it is still single-threaded) with a read-only bind mount of `path` on itself.
+fn bind_read_only(path: &Path) -> std::io::Result<()> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    use std::sync::OnceLock;
+    // The errno of the first attempt, if it failed: a failed namespace must never be followed
+    // by bind mounts in the host's namespace.
+    static PRIVATE_NS: OnceLock<Option<i32>> = OnceLock::new();
+    let errno = *PRIVATE_NS.get_or_init(|| {
+        // SAFETY: unshare and mount take valid arguments; results are checked.
+        let failed = unsafe {
+            libc::unshare(libc::CLONE_NEWNS) != 0
+                || libc::mount(
+                    std::ptr::null(),
+                    c"/".as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_REC | libc::MS_PRIVATE,
+                    std::ptr::null(),
+                ) != 0
+        };
+        failed.then(|| {
+            std::io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EPERM)
+        })
+    });
+    if let Some(e) = errno {
+        return Err(std::io::Error::from_raw_os_error(e));
+    }
+    let p = CString::new(path.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
+    // SAFETY: `p` is a valid NUL-terminated path; flags are valid mount flags.
+    unsafe {
+        if libc::mount(
+            p.as_ptr(),
+            p.as_ptr(),
+            std::ptr::null(),
+            libc::MS_BIND | libc::MS_REC,
+            std::ptr::null(),
+        ) != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+        let flags = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY;
+        if libc::mount(
+            std::ptr::null(),
+            p.as_ptr(),
+            std::ptr::null(),
+            flags,
+            std::ptr::null(),
+        ) != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// `--fs tag=TAG,path=DIR[,cache=never|auto|always][,ro]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FsConfig {
     pub tag: String,
     pub path: PathBuf,
     pub cache: CacheMode,
+    /// Enforced on the host: the directory is served from a read-only bind mount, so even a
+    /// guest that remounts its side read-write gets EROFS.
+    pub read_only: bool,
 }
 
 impl std::str::FromStr for FsConfig {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let (mut tag, mut path, mut cache) = (None, None, CacheMode::Auto);
+        let (mut tag, mut path, mut cache, mut read_only) = (None, None, CacheMode::Auto, false);
         for part in s.split(',') {
             match part.split_once('=') {
                 Some(("tag", v)) => tag = Some(v.to_string()),
                 Some(("path", v)) => path = Some(PathBuf::from(v)),
                 Some(("cache", v)) => cache = v.parse()?,
+                None if part == "ro" => read_only = true,
                 _ => {
                     return Err(format!(
-                        "unknown --fs option {part:?} (tag=, path=, cache=)"
+                        "unknown --fs option {part:?} (tag=, path=, cache=, ro)"
                     ))
                 }
             }
@@ -86,6 +150,7 @@ impl std::str::FromStr for FsConfig {
             tag: tag.ok_or("--fs needs tag=TAG")?,
             path: path.ok_or("--fs needs path=DIR")?,
             cache,
+            read_only,
         })
     }
 }
@@ -109,6 +174,9 @@ impl Fs {
             return Err(FsError::NotADirectory(cfg.path.clone()));
         }
         let passthrough = |e| FsError::Passthrough(cfg.path.clone(), e);
+        if cfg.read_only {
+            bind_read_only(&cfg.path).map_err(|e| FsError::ReadOnly(cfg.path.clone(), e))?;
+        }
         let timeout = match cfg.cache {
             CacheMode::Never => Duration::ZERO,
             _ => Duration::from_secs(1),
@@ -311,9 +379,12 @@ mod tests {
             FsConfig {
                 tag: "data".into(),
                 path: "/srv/x".into(),
-                cache: CacheMode::Never
+                cache: CacheMode::Never,
+                read_only: false,
             }
         );
+        let c: FsConfig = "tag=t,path=/a,ro".parse().unwrap();
+        assert!(c.read_only);
         let c: FsConfig = "path=/a,tag=t".parse().unwrap();
         assert_eq!(c.cache, CacheMode::Auto);
         assert!("tag=t".parse::<FsConfig>().is_err());
@@ -329,6 +400,7 @@ mod tests {
             tag: "kataShared".into(),
             path: dir,
             cache: CacheMode::Auto,
+            read_only: false,
         })
         .unwrap();
         let mut tag = [0u8; 36];
@@ -366,6 +438,7 @@ mod tests {
             tag: "t".into(),
             path: std::env::temp_dir(),
             cache: CacheMode::Auto,
+            read_only: false,
         })
         .unwrap();
         let irq = Arc::new(Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()));
@@ -413,7 +486,8 @@ mod tests {
             Fs::new(&FsConfig {
                 tag: long,
                 path: "/".into(),
-                cache: CacheMode::Auto
+                cache: CacheMode::Auto,
+                read_only: false,
             }),
             Err(FsError::Tag(_))
         ));
@@ -421,7 +495,8 @@ mod tests {
             Fs::new(&FsConfig {
                 tag: "t".into(),
                 path: "/nonexistent/dir".into(),
-                cache: CacheMode::Auto
+                cache: CacheMode::Auto,
+                read_only: false,
             }),
             Err(FsError::NotADirectory(_))
         ));
