@@ -80,6 +80,13 @@ pub fn run_batch(scenarios: &[(&str, String)]) -> BTreeMap<String, Section> {
     parse_sections(&stdout)
 }
 
+/// Scenario `name` of a batch, or a panic that shows every scenario's output.
+pub fn section<'a>(batch: &'a BTreeMap<String, Section>, name: &str) -> &'a Section {
+    batch
+        .get(name)
+        .unwrap_or_else(|| panic!("scenario {name} did not run to its end: {batch:#?}"))
+}
+
 fn parse_sections(stdout: &str) -> BTreeMap<String, Section> {
     let mut sections = BTreeMap::new();
     let mut current: Option<(String, String)> = None;

@@ -49,9 +49,7 @@ fn batch() -> &'static BTreeMap<String, Section> {
 }
 
 fn section(name: &str) -> &'static Section {
-    batch()
-        .get(name)
-        .unwrap_or_else(|| panic!("scenario {name} did not run to its end: {:#?}", batch()))
+    husk_integration::section(batch(), name)
 }
 
 fn lines(s: &Section) -> Vec<&str> {

@@ -40,9 +40,7 @@ fn batch() -> &'static BTreeMap<String, Section> {
 }
 
 fn section(name: &str) -> &'static Section {
-    batch()
-        .get(name)
-        .unwrap_or_else(|| panic!("scenario {name} did not run to its end: {:#?}", batch()))
+    husk_integration::section(batch(), name)
 }
 
 /// The line the agent prints after `marker`, or a panic with the whole output.
