@@ -16,6 +16,8 @@ check chmod sh -c "touch $m/c && chmod 640 $m/c && [ \"\$(stat -c %a $m/c)\" = 6
 check chown sh -c "chown 1234:5678 $m/c && [ \"\$(stat -c %u:%g $m/c)\" = 1234:5678 ]"
 check symlink sh -c "ln -s c $m/lnk && [ \"\$(readlink $m/lnk)\" = c ]"
 check hardlink sh -c "echo hl > $m/h1 && ln $m/h1 $m/h2 && [ \"\$(stat -c %h $m/h1)\" = 2 ] && [ \"\$(cat $m/h2)\" = hl ]"
+check xattrs sh -c "touch $m/x && $m/probe xattr $m/x"
+check mmap_write sh -c "$m/probe mmap $m/mapped"
 check big_file_hash sh -c "sha256sum $m/big | cut -d' ' -f1 > $m/big.guest-hash"
 check ten_thousand_files sh -c "[ \"\$(ls $m/many | wc -l)\" = 10000 ]"
 check write_visible_on_host sh -c "echo from-guest > $m/from-guest"
