@@ -24,8 +24,8 @@ pub enum SandboxError {
     Spawn(PathBuf, #[source] std::io::Error),
     #[error("husk-vmm exited ({status}) before the agent answered; guest console:\n{console}")]
     VmmExited { status: String, console: String },
-    #[error("The agent did not answer within {0:?}; guest console:\n{1}")]
-    Timeout(Duration, String),
+    #[error("The agent did not answer within {0:?} (last attempt: {1}); guest console:\n{2}")]
+    Timeout(Duration, String, String),
     #[error("Agent call failed")]
     Agent(#[source] ttrpc::Error),
 }
@@ -244,6 +244,7 @@ fn connect(
     timeout: Duration,
 ) -> Result<ttrpc::Client, SandboxError> {
     let deadline = Instant::now() + timeout;
+    let mut last = String::from("the agent's port never accepted");
     loop {
         if let Ok(Some(status)) = vmm.try_wait() {
             let mut err = String::new();
@@ -261,7 +262,7 @@ fn connect(
             });
         }
         if Instant::now() > deadline {
-            return Err(SandboxError::Timeout(timeout, tail(console)));
+            return Err(SandboxError::Timeout(timeout, last, tail(console)));
         }
         if let Some(stream) = hybrid_connect(sock, husk_agent_protocol::AGENT_PORT) {
             let client = ttrpc::Client::new(stream.into_raw_fd()).map_err(SandboxError::Agent)?;
@@ -269,11 +270,7 @@ fn connect(
             let ctx = ttrpc::context::with_timeout(Duration::from_secs(10).as_nanos() as i64);
             match health.check(ctx, &CheckRequest::new()) {
                 Ok(_) => return Ok(client),
-                Err(e) => {
-                    if std::env::var_os("HUSK_DEBUG_CONNECT").is_some() {
-                        eprintln!("health check: {e:?}");
-                    }
-                }
+                Err(e) => last = format!("health check failed: {}", rpc_message(&e)),
             }
         }
         std::thread::sleep(Duration::from_millis(20));
