@@ -54,9 +54,13 @@ pub struct Section {
     pub status: i32,
 }
 
+/// The result of a batch: every scenario that ran to its end, or why the batch failed (kept, so
+/// that the other tests of the file fail at once instead of booting the test host again).
+pub type Batch = Result<BTreeMap<String, Section>, String>;
+
 /// Runs named shell scenarios in one test-host boot. Each scenario is a shell command line; its
 /// stdout and stderr are captured together, with its exit status.
-pub fn run_batch(scenarios: &[(&str, String)]) -> BTreeMap<String, Section> {
+pub fn run_batch(scenarios: &[(&str, String)]) -> Batch {
     let mut script = String::from("set +e\ncd \"$HUSK_REPO\"\n");
     for (name, cmd) in scenarios {
         script.push_str(&format!(
@@ -71,17 +75,20 @@ pub fn run_batch(scenarios: &[(&str, String)]) -> BTreeMap<String, Section> {
         .env("HUSK_TESTHOST_TIMEOUT", timeout)
         .current_dir(repo()));
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "the test host failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    parse_sections(&stdout)
+    if !out.status.success() {
+        return Err(format!(
+            "the test host failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(parse_sections(&stdout))
 }
 
-/// Scenario `name` of a batch, or a panic that shows every scenario's output.
-pub fn section<'a>(batch: &'a BTreeMap<String, Section>, name: &str) -> &'a Section {
+/// Scenario `name` of a batch, or a panic that shows why the batch failed or every scenario's
+/// output.
+pub fn section<'a>(batch: &'a Batch, name: &str) -> &'a Section {
+    let batch = batch.as_ref().unwrap_or_else(|why| panic!("{why}"));
     batch
         .get(name)
         .unwrap_or_else(|| panic!("scenario {name} did not run to its end: {batch:#?}"))

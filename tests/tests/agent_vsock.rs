@@ -2,13 +2,12 @@
 //! the agent API driven directly by `husk-agent-check` (concurrent processes, signals, errors,
 //! misbehaving socket clients). All of it in one test-host boot.
 
-use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
-use husk_integration::{artifact, initrd, kernel, run_batch, vmm, Section};
+use husk_integration::{artifact, initrd, kernel, run_batch, vmm, Batch, Section};
 
-fn batch() -> &'static BTreeMap<String, Section> {
-    static BATCH: OnceLock<BTreeMap<String, Section>> = OnceLock::new();
+fn batch() -> &'static Batch {
+    static BATCH: OnceLock<Batch> = OnceLock::new();
     BATCH.get_or_init(|| {
         // The artifacts must exist before the batch runs (they are found beside huskctl).
         let _ = (vmm(), kernel(), initrd());

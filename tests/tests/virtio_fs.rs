@@ -2,13 +2,12 @@
 //! operations, a 256 MiB file hashed on both sides, 10,000 entries, a read-only volume, and
 //! escape attempts through `..` and symlinks. One test-host boot; see tests/fs/.
 
-use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
-use husk_integration::{artifact, initrd, kernel, repo, run_batch, vmm, Section};
+use husk_integration::{artifact, initrd, kernel, repo, run_batch, vmm, Batch, Section};
 
-fn batch() -> &'static BTreeMap<String, Section> {
-    static BATCH: OnceLock<BTreeMap<String, Section>> = OnceLock::new();
+fn batch() -> &'static Batch {
+    static BATCH: OnceLock<Batch> = OnceLock::new();
     BATCH.get_or_init(|| {
         let _ = (vmm(), kernel(), initrd());
         let huskctl = artifact("target/release/huskctl");

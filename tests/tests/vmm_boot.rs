@@ -1,17 +1,16 @@
 //! husk-vmm boots our guest kernel and initramfs to the agent, on standard KVM (the test host
 //! here), and fails clearly on bad input.
 
-use std::collections::BTreeMap;
 use std::process::Command;
 use std::sync::OnceLock;
 
-use husk_integration::{initrd, kernel, run, run_batch, vmm, Section};
+use husk_integration::{initrd, kernel, run, run_batch, vmm, Batch, Section};
 
 const READY: &str = "husk-agent: ready in ";
 
 /// Every scenario that needs a VM, run in one test-host boot.
-fn batch() -> &'static BTreeMap<String, Section> {
-    static BATCH: OnceLock<BTreeMap<String, Section>> = OnceLock::new();
+fn batch() -> &'static Batch {
+    static BATCH: OnceLock<Batch> = OnceLock::new();
     BATCH.get_or_init(|| {
         let boot = |vcpus: u32, append: &str| {
             let mut cmd = format!(
