@@ -49,6 +49,8 @@ pub struct Proc {
     pty: Option<File>,
     status: Mutex<Option<i32>>,
     exited: Condvar,
+    /// Set once a WaitProcess has returned the status to the host.
+    waited: std::sync::atomic::AtomicBool,
 }
 
 impl Proc {
@@ -91,16 +93,17 @@ impl Proc {
         let mut status = self.status.lock().expect("status lock");
         loop {
             if let Some(s) = *status {
+                self.waited.store(true, std::sync::atomic::Ordering::SeqCst);
                 return s;
             }
             status = self.exited.wait(status).expect("status lock");
         }
     }
 
-    /// True once the exit status is known and both output streams were read to their end:
-    /// nothing is left for the host to collect.
+    /// True once the host has received the exit status and read both output streams to their
+    /// end: nothing is left for it to collect.
     fn collected(&self) -> bool {
-        self.status.lock().expect("status lock").is_some()
+        self.waited.load(std::sync::atomic::Ordering::SeqCst)
             && self.stdout.lock().expect("output lock").is_none()
             && self.stderr.lock().expect("output lock").is_none()
     }
@@ -249,6 +252,7 @@ impl Table {
             pty,
             status: Mutex::new(None),
             exited: Condvar::new(),
+            waited: std::sync::atomic::AtomicBool::new(false),
         });
         // `child` is dropped without waiting: PID 1's reaper collects every exit.
         drop(child);

@@ -54,6 +54,9 @@ pub struct Section {
     pub status: i32,
 }
 
+/// Seconds one scenario of a batch may take (a VM boot in the test host takes a few).
+pub const SCENARIO_TIMEOUT: u32 = 100;
+
 /// The result of a batch: every scenario that ran to its end, or why the batch failed (kept, so
 /// that the other tests of the file fail at once instead of booting the test host again).
 pub type Batch = Result<BTreeMap<String, Section>, String>;
@@ -61,14 +64,24 @@ pub type Batch = Result<BTreeMap<String, Section>, String>;
 /// Runs named shell scenarios in one test-host boot. Each scenario is a shell command line; its
 /// stdout and stderr are captured together, with its exit status.
 pub fn run_batch(scenarios: &[(&str, String)]) -> Batch {
+    // Each scenario gets SCENARIO_TIMEOUT seconds. A scenario that times out is run once more,
+    // marked `RETRIED` in its output: a rare hang of `huskctl run` in the test host (about one
+    // run in thirty, cause not yet found; see the closing note of the vsock work) must not fail
+    // the whole file, but it stays visible.
     let mut script = String::from("set +e\ncd \"$HUSK_REPO\"\n");
     for (name, cmd) in scenarios {
+        let quoted = cmd.replace('\'', "'\\''");
         script.push_str(&format!(
-            "echo '=== begin {name}'\n( {cmd} ) </dev/null 2>&1\necho \"=== end {name} $?\"\n"
+            "echo '=== begin {name}'\n\
+             timeout -k 5 {SCENARIO_TIMEOUT} sh -c '{quoted}' </dev/null 2>&1; rc=$?\n\
+             if [ $rc = 124 ]; then echo 'RETRIED {name} after a timeout'; \
+             timeout -k 5 {SCENARIO_TIMEOUT} sh -c '{quoted}' </dev/null 2>&1; rc=$?; fi\n\
+             echo \"=== end {name} $rc\"\n"
         ));
     }
     // A batch that hangs must fail in minutes, not at CI's limit.
-    let timeout = std::env::var("HUSK_TESTHOST_TIMEOUT").unwrap_or_else(|_| "300".into());
+    let timeout = std::env::var("HUSK_TESTHOST_TIMEOUT")
+        .unwrap_or_else(|_| (60 + 2 * SCENARIO_TIMEOUT as usize * scenarios.len()).to_string());
     let out = run(Command::new(repo().join("tests/testhost/run.sh"))
         .args(["sh", "-c", &script])
         .env("HUSK_REPO", repo())
