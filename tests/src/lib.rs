@@ -54,6 +54,16 @@ pub struct Section {
     pub status: i32,
 }
 
+impl Section {
+    /// The rest of the first output line that starts with `prefix`, or "" if none does.
+    pub fn after(&self, prefix: &str) -> &str {
+        self.output
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .unwrap_or_default()
+    }
+}
+
 /// Seconds one scenario of a batch may take (a VM boot in the test host takes a few).
 pub const SCENARIO_TIMEOUT: u32 = 100;
 

@@ -80,16 +80,7 @@ fn stdout_and_stderr_are_kept_apart() {
 #[test]
 fn ten_mib_of_stdout_arrive_intact() {
     let s = section("ten_mib");
-    let host = s
-        .output
-        .lines()
-        .find_map(|l| l.strip_prefix("host "))
-        .unwrap_or_default();
-    let guest = s
-        .output
-        .lines()
-        .find_map(|l| l.strip_prefix("guest "))
-        .unwrap_or_default();
+    let (host, guest) = (s.after("host "), s.after("guest "));
     assert_eq!(host.len(), 64, "{}", s.output);
     assert_eq!(host, guest, "{}", s.output);
 }

@@ -77,16 +77,11 @@ fn each_check_ran() {
 #[test]
 fn volume_file_hash_matches_the_host() {
     let s = section("hash");
-    let host = s
-        .output
-        .lines()
-        .find_map(|l| l.strip_prefix("host "))
-        .unwrap_or_default();
+    let host = s.after("host ");
     let guest = s
-        .output
-        .lines()
-        .find_map(|l| l.strip_prefix("guest "))
-        .and_then(|l| l.split_whitespace().next())
+        .after("guest ")
+        .split_whitespace()
+        .next()
         .unwrap_or_default();
     assert_eq!(host.len(), 64, "{}", s.output);
     assert_eq!(host, guest, "{}", s.output);
