@@ -17,6 +17,7 @@ macro_rules! say {
     }};
 }
 
+mod container;
 mod init;
 mod log;
 mod process;
@@ -30,6 +31,10 @@ use init::Power;
 
 fn main() {
     let pid1 = std::process::id() == 1;
+    let argv: Vec<String> = std::env::args().collect();
+    if !pid1 && argv.get(1).map(String::as_str) == Some("runtime") {
+        container::runtime_main(&argv[2..]);
+    }
     if pid1 {
         init::mount_basics();
         init::ensure_console();

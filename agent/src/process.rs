@@ -15,6 +15,8 @@ pub enum ProcessError {
     NotFound(String),
     BadRequest(String),
     Io(String, std::io::Error),
+    /// The container runtime refused: its message.
+    Runtime(String),
 }
 
 impl std::fmt::Display for ProcessError {
@@ -24,6 +26,7 @@ impl std::fmt::Display for ProcessError {
             ProcessError::NotFound(id) => write!(f, "no process {id}"),
             ProcessError::BadRequest(why) => write!(f, "{why}"),
             ProcessError::Io(what, e) => write!(f, "{what}: {e}"),
+            ProcessError::Runtime(why) => write!(f, "{why}"),
         }
     }
 }
@@ -244,28 +247,86 @@ impl Table {
             .spawn()
             .map_err(io_err(&format!("cannot run {}", spec.args[0])))?;
         let into_file = |fd: OwnedFd| File::from(fd);
-        let proc = Arc::new(Proc {
-            pid: child.id() as i32,
-            stdin: Mutex::new(stdin.or_else(|| child.stdin.take().map(|s| into_file(s.into())))),
-            stdout: Mutex::new(stdout.or_else(|| child.stdout.take().map(|s| into_file(s.into())))),
-            stderr: Mutex::new(stderr.or_else(|| child.stderr.take().map(|s| into_file(s.into())))),
+        let stdio = Stdio3 {
+            stdin: stdin.or_else(|| child.stdin.take().map(|s| into_file(s.into()))),
+            stdout: stdout.or_else(|| child.stdout.take().map(|s| into_file(s.into()))),
+            stderr: stderr.or_else(|| child.stderr.take().map(|s| into_file(s.into()))),
             pty,
+        };
+        // `child` is dropped without waiting: PID 1's reaper collects every exit.
+        let pid = child.id() as i32;
+        drop(child);
+        Ok(self.insert_locked(&mut by_id, id, pid, stdio))
+    }
+
+    /// True when a process is registered under `id`.
+    pub fn contains(&self, id: &str) -> bool {
+        self.by_id.lock().expect("table lock").contains_key(id)
+    }
+
+    /// Registers a process started elsewhere (a container's). The caller holds [`SPAWN_LOCK`]
+    /// from before the process could exit until this returns, so its exit is not missed.
+    pub fn register(&self, id: &str, pid: i32, stdio: Stdio3) -> Result<Arc<Proc>, ProcessError> {
+        let mut by_id = self.by_id.lock().expect("table lock");
+        if by_id.contains_key(id) {
+            return Err(ProcessError::Exists(id.into()));
+        }
+        Ok(self.insert_locked(&mut by_id, id, pid, stdio))
+    }
+
+    /// Forgets every process whose id starts with `prefix`, collected or not.
+    pub fn forget_prefix(&self, prefix: &str) {
+        let mut by_id = self.by_id.lock().expect("table lock");
+        let gone: Vec<String> = by_id
+            .keys()
+            .filter(|k| k.starts_with(prefix))
+            .cloned()
+            .collect();
+        let mut by_pid = self.by_pid.lock().expect("table lock");
+        for k in gone {
+            if let Some(p) = by_id.remove(&k) {
+                by_pid.remove(&p.pid);
+            }
+        }
+    }
+
+    fn insert_locked(
+        &self,
+        by_id: &mut HashMap<String, Arc<Proc>>,
+        id: &str,
+        pid: i32,
+        stdio: Stdio3,
+    ) -> Arc<Proc> {
+        let proc = Arc::new(Proc {
+            pid,
+            stdin: Mutex::new(stdio.stdin),
+            stdout: Mutex::new(stdio.stdout),
+            stderr: Mutex::new(stdio.stderr),
+            pty: stdio.pty,
             status: Mutex::new(None),
             exited: Condvar::new(),
             waited: std::sync::atomic::AtomicBool::new(false),
         });
-        // `child` is dropped without waiting: PID 1's reaper collects every exit.
-        drop(child);
         self.by_pid
             .lock()
             .expect("table lock")
             .insert(proc.pid, proc.clone());
         by_id.insert(id.into(), proc.clone());
-        Ok(proc)
+        proc
     }
 }
 
-fn open_pty() -> Result<(File, File), std::io::Error> {
+/// The agent's ends of a process's standard streams: pipes, or a terminal (`pty` then holds
+/// the controlling side and stdin/stdout are copies of it).
+#[derive(Default)]
+pub struct Stdio3 {
+    pub stdin: Option<File>,
+    pub stdout: Option<File>,
+    pub stderr: Option<File>,
+    pub pty: Option<File>,
+}
+
+pub fn open_pty() -> Result<(File, File), std::io::Error> {
     let (mut master, mut slave) = (0, 0);
     // SAFETY: openpty writes two fds into valid pointers; name, termios and winsize may be null.
     let rc = unsafe {

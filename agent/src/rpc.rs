@@ -9,6 +9,7 @@ use husk_agent_protocol::health::*;
 use husk_agent_protocol::health_ttrpc::{create_health, Health};
 use husk_agent_protocol::ttrpc::{self, error::get_rpc_status, Code, TtrpcContext};
 
+use crate::container::{key, Containers};
 use crate::process::{ProcessError, Spec, Table};
 
 type Result<T> = ttrpc::Result<T>;
@@ -19,28 +20,33 @@ fn rpc_error(e: ProcessError) -> ttrpc::Error {
         ProcessError::NotFound(_) => Code::NOT_FOUND,
         ProcessError::BadRequest(_) => Code::INVALID_ARGUMENT,
         ProcessError::Io(..) => Code::INTERNAL,
+        ProcessError::Runtime(_) => Code::FAILED_PRECONDITION,
     };
     get_rpc_status(code, e.to_string())
 }
 
-fn only_guest_root(container_id: &str) -> Result<()> {
-    if container_id.is_empty() {
-        Ok(())
-    } else {
-        Err(get_rpc_status(
-            Code::UNIMPLEMENTED,
-            "containers are not served yet: leave container_id empty",
-        ))
-    }
-}
-
 pub struct Agent {
     pub procs: Arc<Table>,
+    pub containers: Containers,
 }
 
 impl AgentService for Agent {
     fn exec_process(&self, _: &TtrpcContext, req: ExecProcessRequest) -> Result<Empty> {
-        only_guest_root(&req.container_id)?;
+        if !req.container_id.is_empty() {
+            self.containers
+                .exec(
+                    &self.procs,
+                    &req.container_id,
+                    &req.exec_id,
+                    &req.oci_process,
+                )
+                .map_err(rpc_error)?;
+            crate::log::debug(&format!(
+                "exec {} started in container {}",
+                req.exec_id, req.container_id
+            ));
+            return Ok(Empty::new());
+        }
         let p = req.process.into_option().unwrap_or_default();
         let spec = Spec {
             args: p.args,
@@ -62,9 +68,10 @@ impl AgentService for Agent {
         _: &TtrpcContext,
         req: WaitProcessRequest,
     ) -> Result<WaitProcessResponse> {
-        let p = self.procs.get(&req.exec_id).map_err(rpc_error)?;
+        let id = key(&req.container_id, &req.exec_id);
+        let p = self.procs.get(&id).map_err(rpc_error)?;
         let status = p.wait();
-        self.procs.forget_if_collected(&req.exec_id);
+        self.procs.forget_if_collected(&id);
         Ok(WaitProcessResponse {
             status,
             ..Default::default()
@@ -72,7 +79,7 @@ impl AgentService for Agent {
     }
 
     fn signal_process(&self, _: &TtrpcContext, req: SignalProcessRequest) -> Result<Empty> {
-        let p = self.procs.get(&req.exec_id).map_err(rpc_error)?;
+        let p = self.procs.get(&key(&req.container_id, &req.exec_id)).map_err(rpc_error)?;
         let sig = i32::try_from(req.signal)
             .ok()
             .filter(|s| (1..=64).contains(s))
@@ -89,7 +96,7 @@ impl AgentService for Agent {
         _: &TtrpcContext,
         req: WriteStreamRequest,
     ) -> Result<WriteStreamResponse> {
-        let p = self.procs.get(&req.exec_id).map_err(rpc_error)?;
+        let p = self.procs.get(&key(&req.container_id, &req.exec_id)).map_err(rpc_error)?;
         let len = p
             .write_stdin(&req.data)
             .map_err(|e| get_rpc_status(Code::FAILED_PRECONDITION, format!("stdin: {e}")))?;
@@ -116,22 +123,62 @@ impl AgentService for Agent {
     }
 
     fn tty_win_resize(&self, _: &TtrpcContext, req: TtyWinResizeRequest) -> Result<Empty> {
-        let p = self.procs.get(&req.exec_id).map_err(rpc_error)?;
+        let p = self.procs.get(&key(&req.container_id, &req.exec_id)).map_err(rpc_error)?;
         let clamp = |v: u32| v.min(u16::MAX.into()) as u16;
         p.resize(clamp(req.row), clamp(req.column))
             .map_err(|e| get_rpc_status(Code::FAILED_PRECONDITION, e.to_string()))?;
         Ok(Empty::new())
     }
+
+    fn create_container(&self, _: &TtrpcContext, req: CreateContainerRequest) -> Result<Empty> {
+        self.containers
+            .create(&self.procs, &req.container_id, &req.oci_spec)
+            .map_err(rpc_error)?;
+        crate::log::debug(&format!("container {} created", req.container_id));
+        Ok(Empty::new())
+    }
+
+    fn start_container(&self, _: &TtrpcContext, req: StartContainerRequest) -> Result<Empty> {
+        self.containers
+            .start(&req.container_id)
+            .map_err(rpc_error)?;
+        crate::log::debug(&format!("container {} started", req.container_id));
+        Ok(Empty::new())
+    }
+
+    fn remove_container(&self, _: &TtrpcContext, req: RemoveContainerRequest) -> Result<Empty> {
+        self.containers
+            .remove(&self.procs, &req.container_id)
+            .map_err(rpc_error)?;
+        crate::log::debug(&format!("container {} removed", req.container_id));
+        Ok(Empty::new())
+    }
+
+    fn stats_container(
+        &self,
+        _: &TtrpcContext,
+        req: StatsContainerRequest,
+    ) -> Result<StatsContainerResponse> {
+        let (memory_usage, cpu_usage_ns, pids) =
+            self.containers.stats(&req.container_id).map_err(rpc_error)?;
+        Ok(StatsContainerResponse {
+            memory_usage,
+            cpu_usage_ns,
+            pids,
+            ..Default::default()
+        })
+    }
 }
 
 impl Agent {
     fn read(&self, req: ReadStreamRequest, stderr: bool) -> Result<ReadStreamResponse> {
-        let p = self.procs.get(&req.exec_id).map_err(rpc_error)?;
+        let p = self.procs.get(&key(&req.container_id, &req.exec_id)).map_err(rpc_error)?;
         let data = p
             .read_output(stderr, req.len as usize)
             .map_err(|e| get_rpc_status(Code::INTERNAL, e.to_string()))?;
         if data.is_empty() {
-            self.procs.forget_if_collected(&req.exec_id);
+            self.procs
+                .forget_if_collected(&key(&req.container_id, &req.exec_id));
         }
         Ok(ReadStreamResponse {
             data,
@@ -168,7 +215,10 @@ pub fn serve(procs: Arc<Table>, port: u32) -> std::result::Result<ttrpc::Server,
         .set_thread_count_default(8)
         .set_thread_count_max(128)
         .bind(&format!("vsock://-1:{port}"))?
-        .register_service(create_agent_service(Arc::new(Agent { procs })))
+        .register_service(create_agent_service(Arc::new(Agent {
+            procs,
+            containers: Containers::default(),
+        })))
         .register_service(create_health(Arc::new(HealthService)));
     server.start()?;
     Ok(server)

@@ -44,6 +44,12 @@ pub struct SandboxConfig {
     pub boot_timeout: Duration,
     /// Host directories shared with the guest (virtio-fs), mounted by the agent at boot.
     pub volumes: Vec<Volume>,
+    /// The VM's runtime directory (sockets, console log); a fresh one when `None`. It must not
+    /// exist yet, and it is removed with the VM.
+    pub runtime_dir: Option<PathBuf>,
+    /// virtio-fs cache mode of the volumes (`never`, `auto`, `always`); husk-vmm's default
+    /// when `None`.
+    pub fs_cache: Option<String>,
 }
 
 /// `HOSTDIR:GUESTDIR[:ro]`.
@@ -163,7 +169,13 @@ impl Sandbox {
         config: &SandboxConfig,
         log: Box<dyn Write + Send>,
     ) -> Result<Sandbox, SandboxError> {
-        let dir = make_runtime_dir()?;
+        let dir = match &config.runtime_dir {
+            Some(d) => {
+                std::fs::create_dir_all(d).map_err(|e| SandboxError::RuntimeDir(d.clone(), e))?;
+                d.clone()
+            }
+            None => make_runtime_dir()?,
+        };
         let sock = dir.join("vsock.sock");
         let console = dir.join("console.log");
         // The agent connects to the host's port 1025 for its log: listen before it boots.
@@ -196,8 +208,13 @@ impl Sandbox {
         for (i, v) in config.volumes.iter().enumerate() {
             let tag = format!("vol{i}");
             cmd.arg("--fs").arg(format!(
-                "tag={tag},path={}{}",
+                "tag={tag},path={}{}{}",
                 v.host.display(),
+                config
+                    .fs_cache
+                    .as_ref()
+                    .map(|c| format!(",cache={c}"))
+                    .unwrap_or_default(),
                 if v.read_only { ",ro" } else { "" }
             ));
             params.push(format!(

@@ -30,6 +30,8 @@ fn config(vcpus: u8) -> SandboxConfig {
         kernel_params: None,
         boot_timeout: Duration::from_secs(120),
         volumes: Vec::new(),
+        runtime_dir: None,
+        fs_cache: None,
     }
 }
 

@@ -208,6 +208,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
         kernel_params: args.debug.then(|| "agent.log=debug".to_string()),
         boot_timeout: Duration::from_secs(args.boot_timeout),
         volumes: args.volumes,
+        runtime_dir: None,
+        fs_cache: None,
     };
     let log: Box<dyn Write + Send> = if args.debug {
         Box::new(std::io::stderr())
