@@ -205,11 +205,18 @@ fn start_process(
         let (in_r, in_w) = pipe().map_err(io("pipe"))?;
         let (out_r, out_w) = pipe().map_err(io("pipe"))?;
         let (err_r, err_w) = pipe().map_err(io("pipe"))?;
-        let pid = run_helper_with(&args, Some([in_r, out_w, err_w]))?;
+        let err_r = File::from(err_r);
+        let pid = run_helper_with(&args, Some([in_r, out_w, err_w])).map_err(|e| {
+            // The container's process reports why it could not start on its own stderr.
+            match (e, early_output(&err_r)) {
+                (ProcessError::Runtime(m), Some(out)) => ProcessError::Runtime(format!("{m}: {out}")),
+                (e, _) => e,
+            }
+        })?;
         let stdio = Stdio3 {
             stdin: Some(File::from(in_w)),
             stdout: Some(File::from(out_r)),
-            stderr: Some(File::from(err_r)),
+            stderr: Some(err_r),
             pty: None,
         };
         procs.register(key, pid, stdio)?;
@@ -291,6 +298,17 @@ fn run_helper_with(args: &[String], stdio: Option<[OwnedFd; 3]>) -> Result<i32, 
         .unwrap_or(0))
 }
 
+/// What a failed process already wrote to `pipe`, without waiting for more.
+fn early_output(pipe: &File) -> Option<String> {
+    use std::io::Read;
+    // SAFETY: F_SETFL on a valid fd we own.
+    unsafe { libc::fcntl(pipe.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
+    let mut buf = vec![0u8; 4096];
+    let n = (&*pipe).read(&mut buf).ok()?;
+    let text = String::from_utf8_lossy(&buf[..n]).trim().to_string();
+    (!text.is_empty()).then_some(text)
+}
+
 fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0; 2];
     // SAFETY: pipe2 writes two fds into a valid array.
@@ -337,6 +355,18 @@ fn receive_pty(listener: &UnixListener) -> std::io::Result<File> {
 /// `/init runtime create|start|exec|delete ...`: one libcontainer call in a single-threaded
 /// process. Prints the new process's pid; errors go to stderr with exit status 1.
 pub fn runtime_main(args: &[String]) -> ! {
+    let debug = std::fs::read_to_string("/proc/cmdline")
+        .map(|c| c.split_whitespace().any(|w| w == "agent.log=debug"))
+        .unwrap_or(false);
+    let _ = tracing_subscriber::fmt()
+        .with_writer(HelperLog {
+            pid: std::process::id(),
+        })
+        .with_ansi(false)
+        .without_time()
+        .with_target(false)
+        .with_env_filter(if debug { "debug" } else { "warn" })
+        .try_init();
     let result = runtime(args);
     match result {
         Ok(Some(pid)) => {
@@ -347,6 +377,29 @@ pub fn runtime_main(args: &[String]) -> ! {
         Err(e) => {
             eprintln!("{e}");
             std::process::exit(1)
+        }
+    }
+}
+
+/// libcontainer's log: everything asked for from the helper itself, to its stderr (the agent
+/// reads it). The container's processes are clones of the helper whose stderr soon becomes the
+/// container's: from them only errors pass, which explain a failed start to the user.
+struct HelperLog {
+    pid: u32,
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for HelperLog {
+    type Writer = Box<dyn std::io::Write>;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        Box::new(std::io::stderr())
+    }
+
+    fn make_writer_for(&'a self, meta: &tracing::Metadata<'_>) -> Self::Writer {
+        if std::process::id() == self.pid || *meta.level() == tracing::Level::ERROR {
+            Box::new(std::io::stderr())
+        } else {
+            Box::new(std::io::sink())
         }
     }
 }
@@ -383,6 +436,10 @@ fn runtime(args: &[String]) -> Result<Option<i32>, String> {
             let container = builder(&id, args.get(3))?
                 .as_init(&bundle)
                 .with_systemd(false)
+                // The guest's root is the initramfs (rootfs), which pivot_root refuses to
+                // leave: move the container's root over / and chroot instead, as runc
+                // --no-pivot does.
+                .with_no_pivot(true)
                 .with_detach(true)
                 .build()
                 .map_err(|e| format!("cannot create container {id}: {e}"))?;
