@@ -117,7 +117,8 @@ pub fn section<'a>(batch: &'a Batch, name: &str) -> &'a Section {
         .unwrap_or_else(|| panic!("scenario {name} did not run to its end: {batch:#?}"))
 }
 
-fn parse_sections(stdout: &str) -> BTreeMap<String, Section> {
+/// Splits output into the sections framed by `=== begin NAME` and `=== end NAME STATUS`.
+pub fn parse_sections(stdout: &str) -> BTreeMap<String, Section> {
     let mut sections = BTreeMap::new();
     let mut current: Option<(String, String)> = None;
     for line in stdout.lines() {

@@ -1,0 +1,134 @@
+#!/bin/bash
+# ctr against a private containerd with husk as io.containerd.kata.v2: every scenario of
+# tests/tests/containerd.rs, in one test-host boot. Run inside the test host, as root, from the
+# repository:
+#   tests/testhost/run.sh tests/containerd/husk-scenarios.sh [SCENARIO...]
+# Each scenario's output is framed by "=== begin NAME" and "=== end NAME STATUS" lines.
+set -u
+cd "$(dirname "$0")/../.."
+REPO=$PWD
+BIN=$REPO/target/release
+IMAGE=docker.io/library/busybox:latest
+KATA=io.containerd.kata.v2
+T=${HUSK_CTR_TIMEOUT:-90}
+
+WORK=$(mktemp -d /tmp/husk-ctr.XXXXXX)
+cat > "$WORK/configuration.toml" <<EOF
+[hypervisor.husk]
+path = "$BIN/husk-vmm"
+kernel = "$REPO/target/guest/vmlinux"
+initrd = "$REPO/target/guest/initramfs.img"
+default_vcpus = 1
+default_memory = 256
+EOF
+export KATA_CONF_FILE=$WORK/configuration.toml
+
+. tests/containerd/env.sh
+trap 'ctrd_stop; rm -rf "$WORK"' EXIT
+ctrd_start "$WORK/ctrd" "$BIN" >/dev/null
+ctrd_import_busybox >/dev/null
+
+run() { timeout "$T" $CTR run --runtime $KATA "$@"; }
+
+# Leftovers of husk on this machine: VMMs, sandbox directories, mounts, shim sockets.
+leftovers() {
+  pgrep -x husk-vmm | sed 's/^/vmm pid /'
+  pgrep -f containerd-shim-kata-v2 | sed 's/^/shim pid /'
+  ls -A /run/husk/s 2>/dev/null | sed 's/^/sandbox dir /'
+  grep -E '/run/husk|kata-containers' /proc/mounts | sed 's/^/mount /'
+  find /run/containerd/s -type s 2>/dev/null | sed 's/^/socket /'
+}
+
+s_echo() { run --rm $IMAGE e1 echo hello from husk </dev/null; }
+
+s_exit_status() { run --rm $IMAGE x1 sh -c 'echo before; exit 3' </dev/null; }
+
+s_stdin() {
+  # ctr does not forward EOF to a non-tty container: read one line.
+  printf 'a line from the host\n' | run --rm $IMAGE i1 sh -c 'read l; echo "got: $l"'
+}
+
+s_tty() {
+  script -qec "timeout $T $CTR run --runtime $KATA --rm -t $IMAGE t1 sh -c 'tty; echo tty-done'" /dev/null </dev/null
+}
+
+s_oci() {
+  # What the container sees: its own hostname, env, cwd, user and pid namespace.
+  run --rm --env FOO=bar --cwd /tmp $IMAGE o1 sh -c \
+    'echo "env FOO=$FOO"; echo "cwd $(pwd)"; echo "id $(id -u):$(id -g)"; echo "pid1 $(cat /proc/1/cmdline | tr "\0" " ")"' </dev/null
+}
+
+s_exec() {
+  $CTR run --runtime $KATA -d $IMAGE c1 sh -c 'while true; do sleep 1; done' || return 1
+  echo "ls: $($CTR task ls | awk '$1=="c1"{print $3}')"
+  timeout "$T" $CTR task exec --exec-id e1 c1 sh -c 'echo exec ok; ps | grep -c "sleep"' </dev/null
+  timeout "$T" $CTR task exec --exec-id e2 c1 sh -c 'exit 5' </dev/null
+  echo "exec status $?"
+  echo "exec user $(timeout "$T" $CTR task exec --user 65534 --exec-id e4 c1 id -u </dev/null)"
+  script -qec "timeout $T $CTR task exec -t --exec-id e3 c1 sh -c 'tty; echo exec-tty-done'" /dev/null </dev/null
+  $CTR task kill -s SIGKILL c1
+  for _ in $(seq 50); do
+    st=$($CTR task ls | awk '$1=="c1"{print $3}')
+    [ "$st" = STOPPED ] && break
+    sleep 0.2
+  done
+  echo "after kill: $st"
+  $CTR task delete c1 && $CTR container delete c1
+}
+
+s_sigterm() {
+  $CTR run --runtime $KATA -d $IMAGE k1 sh -c 'trap "exit 0" TERM; while true; do sleep 1; done' || return 1
+  sleep 1
+  $CTR task kill k1
+  for _ in $(seq 50); do
+    st=$($CTR task ls | awk '$1=="k1"{print $3}')
+    [ "$st" = STOPPED ] && break
+    sleep 0.2
+  done
+  echo "after SIGTERM: $st"
+  $CTR task delete k1 && $CTR container delete k1
+}
+
+s_two() {
+  $CTR run --runtime $KATA -d $IMAGE p1 sleep 600 || return 1
+  $CTR run --runtime $KATA -d $IMAGE p2 sleep 600 || return 1
+  $CTR task ls | awk '$1=="p1"||$1=="p2"{print "ls:", $1, $3}'
+  echo "vmms: $(pgrep -xc husk-vmm)"
+  timeout "$T" $CTR task exec --exec-id x p2 echo p2 answers </dev/null
+  for c in p1 p2; do $CTR task kill -s SIGKILL $c; done
+  for c in p1 p2; do
+    for _ in $(seq 50); do
+      [ "$($CTR task ls | awk -v c=$c '$1==c{print $3}')" = STOPPED ] && break
+      sleep 0.2
+    done
+    $CTR task delete $c && $CTR container delete $c
+  done
+}
+
+s_cleanup() {
+  sleep 1
+  leftovers
+  echo "leftovers checked"
+}
+
+s_bad_config() {
+  printf '[hypervisor.husk]\ndefault_memory = "lots"\n' > "$WORK/bad.toml"
+  run --rm --runtime-config-path "$WORK/bad.toml" $IMAGE b1 true </dev/null
+  echo "status $?"
+  $CTR container delete b1 2>/dev/null
+}
+
+s_missing_kernel() {
+  printf '[hypervisor.husk]\nkernel = "/nonexistent/husk/vmlinux"\ninitrd = "%s"\n' \
+    "$REPO/target/guest/initramfs.img" > "$WORK/nokernel.toml"
+  run --rm --runtime-config-path "$WORK/nokernel.toml" $IMAGE b2 true </dev/null
+  echo "status $?"
+  $CTR container delete b2 2>/dev/null
+}
+
+scenarios=${*:-echo exit_status stdin tty oci exec sigterm two bad_config missing_kernel cleanup}
+for s in $scenarios; do
+  echo "=== begin $s"
+  "s_$s" 2>&1
+  echo "=== end $s $?"
+done

@@ -1,0 +1,126 @@
+//! `ctr` against a private containerd whose `io.containerd.kata.v2` runtime is our
+//! containerd-shim-kata-v2: every container runs in its own husk VM. One test-host boot runs all
+//! the scenarios of tests/containerd/husk-scenarios.sh; each test checks one of them.
+
+use std::process::Command;
+use std::sync::OnceLock;
+
+use husk_integration::{artifact, initrd, kernel, parse_sections, repo, run, vmm, Batch, Section};
+
+fn batch() -> &'static Batch {
+    static BATCH: OnceLock<Batch> = OnceLock::new();
+    BATCH.get_or_init(|| {
+        let _ = (vmm(), kernel(), initrd());
+        let _ = artifact("target/release/containerd-shim-kata-v2");
+        let out = run(Command::new(repo().join("tests/testhost/run.sh"))
+            .arg(repo().join("tests/containerd/husk-scenarios.sh"))
+            .env("HUSK_TESTHOST_TIMEOUT", "900")
+            .current_dir(repo()));
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        if !out.status.success() {
+            return Err(format!(
+                "the scenarios failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        Ok(parse_sections(&stdout))
+    })
+}
+
+fn section(name: &str) -> &'static Section {
+    husk_integration::section(batch(), name)
+}
+
+#[test]
+fn ctr_run_rm_prints_the_output() {
+    let s = section("echo");
+    assert_eq!(s.status, 0, "{}", s.output);
+    assert!(s.output.contains("hello from husk"), "{}", s.output);
+}
+
+#[test]
+fn the_exit_status_reaches_ctr() {
+    let s = section("exit_status");
+    assert_eq!(s.status, 3, "{}", s.output);
+    assert!(s.output.contains("before"), "{}", s.output);
+}
+
+#[test]
+fn stdin_reaches_the_container() {
+    let s = section("stdin");
+    assert_eq!(s.status, 0, "{}", s.output);
+    assert!(s.output.contains("got: a line from the host"), "{}", s.output);
+}
+
+#[test]
+fn a_tty_container_gets_a_terminal() {
+    let s = section("tty");
+    assert_eq!(s.status, 0, "{}", s.output);
+    assert!(s.output.contains("/dev/pts/0"), "{}", s.output);
+    assert!(s.output.contains("tty-done"), "{}", s.output);
+}
+
+#[test]
+fn env_cwd_and_pid_namespace_come_from_the_spec() {
+    let s = section("oci");
+    assert_eq!(s.status, 0, "{}", s.output);
+    assert_eq!(s.after("env "), "FOO=bar", "{}", s.output);
+    assert_eq!(s.after("cwd "), "/tmp", "{}", s.output);
+    assert_eq!(s.after("id "), "0:0", "{}", s.output);
+    // The container's command is PID 1 of its own PID namespace, not our agent.
+    assert!(s.after("pid1 ").starts_with("sh -c"), "{}", s.output);
+}
+
+#[test]
+fn exec_into_a_running_container() {
+    let s = section("exec");
+    assert_eq!(s.status, 0, "{}", s.output);
+    assert_eq!(s.after("ls: "), "RUNNING", "{}", s.output);
+    assert!(s.output.contains("exec ok"), "{}", s.output);
+    assert_eq!(s.after("exec status "), "5", "{}", s.output);
+    assert_eq!(s.after("exec user "), "65534", "{}", s.output);
+    assert!(s.output.contains("exec-tty-done"), "{}", s.output);
+    assert_eq!(s.after("after kill: "), "STOPPED", "{}", s.output);
+    assert!(s.output.contains("exit code 137"), "{}", s.output);
+}
+
+#[test]
+fn sigterm_stops_a_container_that_handles_it() {
+    let s = section("sigterm");
+    assert_eq!(s.status, 0, "{}", s.output);
+    assert_eq!(s.after("after SIGTERM: "), "STOPPED", "{}", s.output);
+    // The trap exits 0, so ctr has no non-zero exit to warn about.
+    assert!(!s.output.contains("non-zero exit code"), "{}", s.output);
+}
+
+#[test]
+fn two_containers_run_at_once_in_two_vms() {
+    let s = section("two");
+    assert_eq!(s.status, 0, "{}", s.output);
+    assert!(s.output.contains("ls: p1 RUNNING"), "{}", s.output);
+    assert!(s.output.contains("ls: p2 RUNNING"), "{}", s.output);
+    assert_eq!(s.after("vmms: "), "2", "{}", s.output);
+    assert!(s.output.contains("p2 answers"), "{}", s.output);
+}
+
+#[test]
+fn a_broken_configuration_names_file_and_key() {
+    let s = section("bad_config");
+    assert_eq!(s.after("status "), "1", "{}", s.output);
+    assert!(s.output.contains("bad.toml: hypervisor.husk.default_memory"), "{}", s.output);
+}
+
+#[test]
+fn a_missing_kernel_names_the_path() {
+    let s = section("missing_kernel");
+    assert_eq!(s.after("status "), "1", "{}", s.output);
+    assert!(s.output.contains("/nonexistent/husk/vmlinux does not exist"), "{}", s.output);
+}
+
+#[test]
+fn nothing_is_left_after_the_last_delete() {
+    let s = section("cleanup");
+    assert_eq!(s.status, 0, "{}", s.output);
+    assert_eq!(s.output.trim(), "leftovers checked", "{}", s.output);
+}
