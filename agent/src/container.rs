@@ -119,7 +119,9 @@ impl Containers {
         let value: serde_json::Value = serde_json::from_slice(process)
             .map_err(|e| ProcessError::BadRequest(format!("the OCI process is not JSON: {e}")))?;
         let terminal = value["terminal"].as_bool().unwrap_or(false);
-        let path = Path::new(BUNDLES).join(id).join(format!("exec-{exec_id}.json"));
+        let path = Path::new(BUNDLES)
+            .join(id)
+            .join(format!("exec-{exec_id}.json"));
         std::fs::write(&path, process)
             .map_err(|e| ProcessError::Io(format!("cannot write {}", path.display()), e))?;
         let result = start_process(
@@ -209,7 +211,9 @@ fn start_process(
         let pid = run_helper_with(&args, Some([in_r, out_w, err_w])).map_err(|e| {
             // The container's process reports why it could not start on its own stderr.
             match (e, early_output(&err_r)) {
-                (ProcessError::Runtime(m), Some(out)) => ProcessError::Runtime(format!("{m}: {out}")),
+                (ProcessError::Runtime(m), Some(out)) => {
+                    ProcessError::Runtime(format!("{m}: {out}"))
+                }
                 (e, _) => e,
             }
         })?;
@@ -427,8 +431,7 @@ fn runtime(args: &[String]) -> Result<Option<i32>, String> {
         })
     };
     let load = |id: &str| {
-        Container::load(Path::new(STATE_ROOT).join(id))
-            .map_err(|e| format!("container {id}: {e}"))
+        Container::load(Path::new(STATE_ROOT).join(id)).map_err(|e| format!("container {id}: {e}"))
     };
     match arg(0)?.as_str() {
         "create" => {

@@ -79,7 +79,10 @@ impl AgentService for Agent {
     }
 
     fn signal_process(&self, _: &TtrpcContext, req: SignalProcessRequest) -> Result<Empty> {
-        let p = self.procs.get(&key(&req.container_id, &req.exec_id)).map_err(rpc_error)?;
+        let p = self
+            .procs
+            .get(&key(&req.container_id, &req.exec_id))
+            .map_err(rpc_error)?;
         let sig = i32::try_from(req.signal)
             .ok()
             .filter(|s| (1..=64).contains(s))
@@ -96,7 +99,10 @@ impl AgentService for Agent {
         _: &TtrpcContext,
         req: WriteStreamRequest,
     ) -> Result<WriteStreamResponse> {
-        let p = self.procs.get(&key(&req.container_id, &req.exec_id)).map_err(rpc_error)?;
+        let p = self
+            .procs
+            .get(&key(&req.container_id, &req.exec_id))
+            .map_err(rpc_error)?;
         let len = p
             .write_stdin(&req.data)
             .map_err(|e| get_rpc_status(Code::FAILED_PRECONDITION, format!("stdin: {e}")))?;
@@ -123,7 +129,10 @@ impl AgentService for Agent {
     }
 
     fn tty_win_resize(&self, _: &TtrpcContext, req: TtyWinResizeRequest) -> Result<Empty> {
-        let p = self.procs.get(&key(&req.container_id, &req.exec_id)).map_err(rpc_error)?;
+        let p = self
+            .procs
+            .get(&key(&req.container_id, &req.exec_id))
+            .map_err(rpc_error)?;
         let clamp = |v: u32| v.min(u16::MAX.into()) as u16;
         p.resize(clamp(req.row), clamp(req.column))
             .map_err(|e| get_rpc_status(Code::FAILED_PRECONDITION, e.to_string()))?;
@@ -159,8 +168,10 @@ impl AgentService for Agent {
         _: &TtrpcContext,
         req: StatsContainerRequest,
     ) -> Result<StatsContainerResponse> {
-        let (memory_usage, cpu_usage_ns, pids) =
-            self.containers.stats(&req.container_id).map_err(rpc_error)?;
+        let (memory_usage, cpu_usage_ns, pids) = self
+            .containers
+            .stats(&req.container_id)
+            .map_err(rpc_error)?;
         Ok(StatsContainerResponse {
             memory_usage,
             cpu_usage_ns,
@@ -172,7 +183,10 @@ impl AgentService for Agent {
 
 impl Agent {
     fn read(&self, req: ReadStreamRequest, stderr: bool) -> Result<ReadStreamResponse> {
-        let p = self.procs.get(&key(&req.container_id, &req.exec_id)).map_err(rpc_error)?;
+        let p = self
+            .procs
+            .get(&key(&req.container_id, &req.exec_id))
+            .map_err(rpc_error)?;
         let data = p
             .read_output(stderr, req.len as usize)
             .map_err(|e| get_rpc_status(Code::INTERNAL, e.to_string()))?;

@@ -246,6 +246,11 @@ impl Sandbox {
         &self.vm.dir
     }
 
+    /// The last lines of the guest's console, for diagnosing a VM that went away.
+    pub fn console_tail(&self) -> String {
+        tail(&self.vm.dir.join("console.log"))
+    }
+
     /// The VMM's pid (for measurements).
     pub fn vmm_pid(&self) -> u32 {
         self.vm.child.id()

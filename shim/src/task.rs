@@ -287,7 +287,10 @@ impl TaskService {
             _ => {
                 let (k, i) = crate::sandbox::find_guest_image()
                     .map_err(|e| status(Code::FAILED_PRECONDITION, e.to_string()))?;
-                (hv.kernel.clone().unwrap_or(k), hv.initrd.clone().unwrap_or(i))
+                (
+                    hv.kernel.clone().unwrap_or(k),
+                    hv.initrd.clone().unwrap_or(i),
+                )
             }
         };
         for (key, path) in [("path", &vmm), ("kernel", &kernel), ("initrd", &initrd)] {
@@ -331,7 +334,10 @@ impl TaskService {
         let sandbox = Sandbox::start(&sb_config, log).map_err(|e| {
             let _ = std::fs::remove_dir(&share);
             let _ = std::fs::remove_dir(&dir);
-            status(Code::FAILED_PRECONDITION, format!("cannot start the sandbox VM: {e}"))
+            status(
+                Code::FAILED_PRECONDITION,
+                format!("cannot start the sandbox VM: {e}"),
+            )
         })?;
         let _ = std::fs::write(dir.join("vmm.pid"), sandbox.vmm_pid().to_string());
         tracing::info!(sandbox = %self.sandbox_id, vmm_pid = sandbox.vmm_pid(), "sandbox VM up");
@@ -476,8 +482,9 @@ impl TaskService {
 
     /// Waits for the process in the guest, lets its output drain, then records and announces
     /// its exit.
-    fn watch_exit(self: &Arc<Self>, agent: AgentServiceClient, p: Arc<Proc>, io: mpsc::Receiver<()>) {
+    fn watch_exit(self: &Arc<Self>, vm: Arc<Vm>, p: Arc<Proc>, io: mpsc::Receiver<()>) {
         let this = self.clone();
+        let agent = vm.sandbox.agent.clone();
         std::thread::spawn(move || {
             let req = pb::WaitProcessRequest {
                 container_id: p.container.clone(),
@@ -487,7 +494,12 @@ impl TaskService {
             let code = match agent.wait_process(unbounded(), &req) {
                 Ok(r) => r.status as u32,
                 Err(e) => {
-                    tracing::warn!(container = %p.container, error = %rpc_message(&e), "wait failed");
+                    tracing::warn!(
+                        container = %p.container,
+                        error = %rpc_message(&e),
+                        console = %vm.sandbox.console_tail(),
+                        "lost the process: the agent connection failed"
+                    );
                     255
                 }
             };
@@ -508,7 +520,11 @@ impl TaskService {
             }
             this.publish(TaskExit {
                 container_id: p.container.clone(),
-                id: if p.exec_id.is_empty() { p.container.clone() } else { p.exec_id.clone() },
+                id: if p.exec_id.is_empty() {
+                    p.container.clone()
+                } else {
+                    p.exec_id.clone()
+                },
                 pid: p.pid,
                 exit_status: code,
                 exited_at: Some(ts).into(),
@@ -537,11 +553,13 @@ impl Write for AgentLog {
 }
 
 fn copy_output(agent: &AgentServiceClient, cid: &str, eid: &str, stderr: bool, path: &str) {
-    // Opening a fifo for writing waits for its reader (containerd's side).
+    // Read-write, as containerd's own shims hold a reader too: the open does not wait for
+    // containerd's side, and output survives a client that detaches (`ctr run -d`) for the
+    // next one that attaches.
     let mut out = if path.is_empty() {
         None
     } else {
-        OpenOptions::new().write(true).open(path).ok()
+        OpenOptions::new().read(true).write(true).open(path).ok()
     };
     let req = pb::ReadStreamRequest {
         container_id: cid.into(),
@@ -649,9 +667,17 @@ fn mount_fs(fstype: &str, source: &str, options: &[String], target: &Path) -> TR
         libc::mount(
             src.as_ptr(),
             tgt.as_ptr(),
-            if fstype.is_empty() { std::ptr::null() } else { ty.as_ptr() },
+            if fstype.is_empty() {
+                std::ptr::null()
+            } else {
+                ty.as_ptr()
+            },
             flags,
-            if data.is_empty() { std::ptr::null() } else { dat.as_ptr().cast() },
+            if data.is_empty() {
+                std::ptr::null()
+            } else {
+                dat.as_ptr().cast()
+            },
         )
     };
     if rc != 0 {
@@ -732,9 +758,7 @@ pub fn cleanup_after_crash(namespace: &str, sandbox: &str, id: &str) {
     let dir = sandbox_dir(namespace, sandbox);
     let share = dir.join("shared");
     remove_container_files(&share, id, &[]);
-    let others = std::fs::read_dir(&share)
-        .map(|d| d.count())
-        .unwrap_or(0);
+    let others = std::fs::read_dir(&share).map(|d| d.count()).unwrap_or(0);
     if others > 0 {
         return;
     }
@@ -773,7 +797,10 @@ impl Task for TaskHandle {
 
     fn create(&self, _: &TtrpcContext, req: CreateTaskRequest) -> TResult<CreateTaskResponse> {
         if !req.checkpoint.is_empty() {
-            return Err(status(Code::UNIMPLEMENTED, "husk cannot restore checkpoints"));
+            return Err(status(
+                Code::UNIMPLEMENTED,
+                "husk cannot restore checkpoints",
+            ));
         }
         let mut st = self.state.lock().expect("state lock");
         if st.containers.contains_key(&req.id) {
@@ -845,7 +872,19 @@ impl Task for TaskHandle {
         if p.phase() != Phase::Created {
             return Err(status(
                 Code::FAILED_PRECONDITION,
-                format!("{} {} was already started", if req.exec_id.is_empty() { "container" } else { "exec" }, if req.exec_id.is_empty() { &req.id } else { &req.exec_id }),
+                format!(
+                    "{} {} was already started",
+                    if req.exec_id.is_empty() {
+                        "container"
+                    } else {
+                        "exec"
+                    },
+                    if req.exec_id.is_empty() {
+                        &req.id
+                    } else {
+                        &req.exec_id
+                    }
+                ),
             ));
         }
         let vm = self.vm()?;
@@ -876,7 +915,7 @@ impl Task for TaskHandle {
             io = self.start_io(&agent, &p);
         }
         p.state.lock().expect("proc lock").phase = Phase::Running;
-        self.0.watch_exit(agent, p.clone(), io);
+        self.0.watch_exit(vm.clone(), p.clone(), io);
         if req.exec_id.is_empty() {
             self.publish(TaskStart {
                 container_id: req.id.clone(),
@@ -902,7 +941,14 @@ impl Task for TaskHandle {
         if p.phase() == Phase::Running {
             return Err(status(
                 Code::FAILED_PRECONDITION,
-                format!("{} is still running: kill it first", if req.exec_id.is_empty() { &req.id } else { &req.exec_id }),
+                format!(
+                    "{} is still running: kill it first",
+                    if req.exec_id.is_empty() {
+                        &req.id
+                    } else {
+                        &req.exec_id
+                    }
+                ),
             ));
         }
         let (exit_status, exited_at) = {
@@ -964,15 +1010,24 @@ impl Task for TaskHandle {
     }
 
     fn pause(&self, _: &TtrpcContext, _: PauseRequest) -> TResult<Empty> {
-        Err(status(Code::UNIMPLEMENTED, "husk cannot pause containers yet"))
+        Err(status(
+            Code::UNIMPLEMENTED,
+            "husk cannot pause containers yet",
+        ))
     }
 
     fn resume(&self, _: &TtrpcContext, _: ResumeRequest) -> TResult<Empty> {
-        Err(status(Code::UNIMPLEMENTED, "husk cannot resume containers yet"))
+        Err(status(
+            Code::UNIMPLEMENTED,
+            "husk cannot resume containers yet",
+        ))
     }
 
     fn checkpoint(&self, _: &TtrpcContext, _: CheckpointTaskRequest) -> TResult<Empty> {
-        Err(status(Code::UNIMPLEMENTED, "husk cannot checkpoint containers"))
+        Err(status(
+            Code::UNIMPLEMENTED,
+            "husk cannot checkpoint containers",
+        ))
     }
 
     fn kill(&self, _: &TtrpcContext, req: KillRequest) -> TResult<Empty> {
@@ -980,7 +1035,14 @@ impl Task for TaskHandle {
         if p.phase() == Phase::Stopped {
             return Err(status(
                 Code::NOT_FOUND,
-                format!("process {} already finished", if req.exec_id.is_empty() { &req.id } else { &req.exec_id }),
+                format!(
+                    "process {} already finished",
+                    if req.exec_id.is_empty() {
+                        &req.id
+                    } else {
+                        &req.exec_id
+                    }
+                ),
             ));
         }
         let vm = self.vm()?;
@@ -1015,9 +1077,16 @@ impl Task for TaskHandle {
                 format!("container {} is not running", req.id),
             ));
         }
-        let spec = req.spec.as_ref().map(|a| a.value.clone()).unwrap_or_default();
+        let spec = req
+            .spec
+            .as_ref()
+            .map(|a| a.value.clone())
+            .unwrap_or_default();
         if serde_json::from_slice::<serde_json::Value>(&spec).is_err() {
-            return Err(status(Code::INVALID_ARGUMENT, "the exec has no valid OCI process spec"));
+            return Err(status(
+                Code::INVALID_ARGUMENT,
+                "the exec has no valid OCI process spec",
+            ));
         }
         let mut p = Proc::new(
             &req.id,
@@ -1040,7 +1109,10 @@ impl Task for TaskHandle {
     fn resize_pty(&self, _: &TtrpcContext, req: ResizePtyRequest) -> TResult<Empty> {
         let (p, _) = self.proc(&req.id, &req.exec_id)?;
         if !p.terminal {
-            return Err(status(Code::FAILED_PRECONDITION, "the process has no terminal"));
+            return Err(status(
+                Code::FAILED_PRECONDITION,
+                "the process has no terminal",
+            ));
         }
         let vm = self.vm()?;
         let r = pb::TtyWinResizeRequest {

@@ -18,3 +18,6 @@ HUSK_TESTHOST_TIMEOUT=${HUSK_TESTHOST_TIMEOUT:-1200} tests/testhost/run.sh targe
 
 echo
 HUSK_TESTHOST_TIMEOUT=${HUSK_TESTHOST_TIMEOUT:-1200} tests/testhost/run.sh tests/bench/fs_bench.sh target/release/huskctl </dev/null
+
+echo
+HUSK_TESTHOST_TIMEOUT=${HUSK_TESTHOST_TIMEOUT:-1200} tests/testhost/run.sh tests/bench/ctr_bench.sh "${HUSK_BENCH_CTR_RUNS:-10}" </dev/null

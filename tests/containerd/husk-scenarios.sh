@@ -105,6 +105,79 @@ s_two() {
   done
 }
 
+s_big_output() {
+  # Everything written just before the exit reaches ctr.
+  run --rm $IMAGE big1 sh -c 'seq 1 200000; echo last line' </dev/null > "$WORK/big.out"
+  echo "status $?"
+  echo "lines $(wc -l < "$WORK/big.out")"
+  echo "tail $(tail -n 1 "$WORK/big.out")"
+}
+
+s_events() {
+  $CTR events > "$WORK/events" 2>&1 &
+  local ev=$!
+  sleep 1
+  $CTR run --runtime $KATA -d $IMAGE ev1 sleep 600 || return 1
+  timeout "$T" $CTR task exec --exec-id ex1 ev1 true </dev/null
+  $CTR task metrics ev1 2>&1 | sed 's/^/metrics /'
+  $CTR task kill -s SIGKILL ev1
+  for _ in $(seq 50); do
+    [ "$($CTR task ls | awk '$1=="ev1"{print $3}')" = STOPPED ] && break
+    sleep 0.2
+  done
+  $CTR task delete ev1 && $CTR container delete ev1
+  sleep 1
+  kill $ev
+  awk '{for (i=1;i<=NF;i++) if ($i ~ /^\/tasks\//) print "event", $i}' "$WORK/events"
+}
+
+s_attach() {
+  $CTR run --runtime $KATA -d $IMAGE a1 sh -c 'i=0; while true; do i=$((i+1)); echo "tick $i"; sleep 0.3; done' || return 1
+  sleep 2
+  timeout 3 $CTR task attach a1 </dev/null | head -n 3 | sed 's/^/attached /'
+  $CTR task kill -s SIGKILL a1
+  for _ in $(seq 50); do
+    [ "$($CTR task ls | awk '$1=="a1"{print $3}')" = STOPPED ] && break
+    sleep 0.2
+  done
+  $CTR task delete a1 && $CTR container delete a1
+}
+
+s_pod() {
+  # Containers that CRI puts in one sandbox share its shim and VM.
+  local a=--annotation
+  $CTR run --runtime $KATA -d $a io.kubernetes.cri.sandbox-id=podA $IMAGE podA sleep 600 || return 1
+  $CTR run --runtime $KATA -d $a io.kubernetes.cri.sandbox-id=podA $IMAGE w1 sleep 600 || return 1
+  echo "vmms: $(pgrep -xc husk-vmm)"
+  echo "shims: $(pgrep -fc containerd-shim-kata-v2)"
+  timeout "$T" $CTR task exec --exec-id x w1 sh -c 'echo "w1 in pod"' </dev/null
+  for c in w1 podA; do
+    $CTR task kill -s SIGKILL $c
+    for _ in $(seq 50); do
+      [ "$($CTR task ls | awk -v c=$c '$1==c{print $3}')" = STOPPED ] && break
+      sleep 0.2
+    done
+    $CTR task delete $c && $CTR container delete $c
+    echo "after deleting $c: vmms $(pgrep -xc husk-vmm)"
+  done
+}
+
+s_shim_crash() {
+  # A shim killed with SIGKILL: containerd runs `containerd-shim-kata-v2 delete`, which must
+  # remove the VM, the mounts and the directories the dead shim left.
+  $CTR run --runtime $KATA -d $IMAGE cr1 sleep 600 || return 1
+  echo "vmms before: $(pgrep -xc husk-vmm)"
+  pkill -9 -f containerd-shim-kata-v2
+  for _ in $(seq 50); do
+    [ "$(pgrep -xc husk-vmm)" = 0 ] && break
+    sleep 0.2
+  done
+  echo "vmms after: $(pgrep -xc husk-vmm)"
+  $CTR task delete cr1 >/dev/null 2>&1
+  $CTR container delete cr1
+  leftovers
+}
+
 s_cleanup() {
   sleep 1
   leftovers
@@ -126,7 +199,7 @@ s_missing_kernel() {
   $CTR container delete b2 2>/dev/null
 }
 
-scenarios=${*:-echo exit_status stdin tty oci exec sigterm two bad_config missing_kernel cleanup}
+scenarios=${*:-echo exit_status stdin tty oci big_output exec events attach sigterm two pod bad_config missing_kernel shim_crash cleanup}
 for s in $scenarios; do
   echo "=== begin $s"
   "s_$s" 2>&1

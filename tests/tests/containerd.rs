@@ -50,7 +50,11 @@ fn the_exit_status_reaches_ctr() {
 fn stdin_reaches_the_container() {
     let s = section("stdin");
     assert_eq!(s.status, 0, "{}", s.output);
-    assert!(s.output.contains("got: a line from the host"), "{}", s.output);
+    assert!(
+        s.output.contains("got: a line from the host"),
+        "{}",
+        s.output
+    );
 }
 
 #[test]
@@ -108,14 +112,24 @@ fn two_containers_run_at_once_in_two_vms() {
 fn a_broken_configuration_names_file_and_key() {
     let s = section("bad_config");
     assert_eq!(s.after("status "), "1", "{}", s.output);
-    assert!(s.output.contains("bad.toml: hypervisor.husk.default_memory"), "{}", s.output);
+    assert!(
+        s.output
+            .contains("bad.toml: hypervisor.husk.default_memory"),
+        "{}",
+        s.output
+    );
 }
 
 #[test]
 fn a_missing_kernel_names_the_path() {
     let s = section("missing_kernel");
     assert_eq!(s.after("status "), "1", "{}", s.output);
-    assert!(s.output.contains("/nonexistent/husk/vmlinux does not exist"), "{}", s.output);
+    assert!(
+        s.output
+            .contains("/nonexistent/husk/vmlinux does not exist"),
+        "{}",
+        s.output
+    );
 }
 
 #[test]

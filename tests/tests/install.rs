@@ -67,7 +67,11 @@ fn reinstall_keeps_the_admins_etc_kata_containers() {
     install(&dest);
     install(&dest);
 
-    assert_eq!(snapshot(&etc), before, "make install changed /etc/kata-containers");
+    assert_eq!(
+        snapshot(&etc),
+        before,
+        "make install changed /etc/kata-containers"
+    );
     for f in [
         "usr/bin/containerd-shim-kata-v2",
         "usr/bin/husk-vmm",

@@ -117,7 +117,10 @@ fn start(flags: &containerd_shim::Flags) -> Result<()> {
         bail!("the shim server exited ({status}): {}", err.trim());
     }
     if std::os::unix::net::UnixStream::connect(sock_path).is_err() {
-        bail!("the shim server does not listen on {address}: {}", err.trim());
+        bail!(
+            "the shim server does not listen on {address}: {}",
+            err.trim()
+        );
     }
     print!("{address}");
     std::io::stdout().flush()?;
@@ -136,8 +139,10 @@ fn config_path_option(input: &[u8]) -> Option<String> {
         if tag == (2 << 3) | 2 {
             return s.read_string().ok().filter(|p| !p.is_empty());
         }
-        s.skip_field(containerd_shim::protos::protobuf::rt::WireType::new(tag & 7)?)
-            .ok()?;
+        s.skip_field(containerd_shim::protos::protobuf::rt::WireType::new(
+            tag & 7,
+        )?)
+        .ok()?;
     }
     None
 }
@@ -161,7 +166,10 @@ fn serve(flags: &containerd_shim::Flags) -> Result<()> {
     ));
     let mut services = create_task(Arc::new(TaskHandle(service.clone())));
     for (name, handler) in create_task(Arc::new(TaskHandle(service.clone()))) {
-        services.insert(name.replace("/containerd.task.v3.", "/containerd.task.v2."), handler);
+        services.insert(
+            name.replace("/containerd.task.v3.", "/containerd.task.v2."),
+            handler,
+        );
     }
 
     let sock_path = flags.socket.trim_start_matches("unix://");
