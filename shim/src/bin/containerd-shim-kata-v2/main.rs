@@ -214,6 +214,12 @@ fn delete(flags: &containerd_shim::Flags) -> Result<()> {
         .map(|spec| husk_shim::spec::sandbox_id(&spec, &flags.id))
         .unwrap_or_else(|_| flags.id.clone());
     task::cleanup_after_crash(&flags.namespace, &sandbox, &flags.id);
+    // The dead server's socket, unless a live shim still answers on it.
+    let address = containerd_shim::socket_address(&flags.address, &flags.namespace, &sandbox);
+    let sock_path = address.trim_start_matches("unix://");
+    if std::os::unix::net::UnixStream::connect(sock_path).is_err() {
+        let _ = std::fs::remove_file(sock_path);
+    }
     let resp = containerd_shim::api::DeleteResponse {
         exit_status: 128 + libc::SIGKILL as u32,
         exited_at: Some(task::now()).into(),
