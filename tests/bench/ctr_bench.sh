@@ -48,8 +48,9 @@ stats() {
     m = (NR % 2) ? v[(NR+1)/2] : (v[NR/2] + v[NR/2+1]) / 2;
     printf "%.3f %.3f %.3f\n", m/1e6, v[1]/1e6, v[NR]/1e6 }'
 }
-read -r rm rmin rmax < <(stats "$WORK/runc")
-read -r hm hmin hmax < <(stats "$WORK/husk")
+# (no process substitution: the test host has no /dev/fd)
+set -- $(stats "$WORK/runc"); rm=$1 rmin=$2 rmax=$3
+set -- $(stats "$WORK/husk"); hm=$1 hmin=$2 hmax=$3
 echo "ctr run --rm busybox true, $RUNS runs each, alternating, same containerd:"
 echo
 echo "| runtime | median (s) | min | max | ratio to runc |"
