@@ -5,23 +5,12 @@
 #   tests/testhost/run.sh tests/bench/ctr_bench.sh [RUNS]
 set -eu
 cd "$(dirname "$0")/../.."
-REPO=$PWD
 RUNS=${1:-10}
 IMAGE=docker.io/library/busybox:latest
 WORK=$(mktemp -d /tmp/husk-bench.XXXXXX)
-cat > "$WORK/configuration.toml" <<EOF
-[hypervisor.husk]
-path = "$REPO/target/release/husk-vmm"
-kernel = "$REPO/target/guest/vmlinux"
-initrd = "$REPO/target/guest/initramfs.img"
-default_vcpus = 1
-default_memory = 256
-EOF
-export KATA_CONF_FILE=$WORK/configuration.toml
 . tests/containerd/env.sh
 trap 'ctrd_stop; rm -rf "$WORK"' EXIT
-ctrd_start "$WORK/ctrd" "$REPO/target/release" >/dev/null
-ctrd_import_busybox >/dev/null
+husk_ctrd_setup "$WORK" "default_vcpus = 1" "default_memory = 256"
 
 # Seconds of one `ctr run --rm` with runtime $1.
 one() {

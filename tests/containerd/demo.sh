@@ -4,19 +4,10 @@
 # cannot boot a standard guest (see tests/testhost/README.md).
 set -eu
 cd "$(dirname "$0")/../.."
-REPO=$PWD
 WORK=$(mktemp -d /tmp/husk-demo.XXXXXX)
-cat > "$WORK/configuration.toml" <<CONF
-[hypervisor.husk]
-path = "$REPO/target/release/husk-vmm"
-kernel = "$REPO/target/guest/vmlinux"
-initrd = "$REPO/target/guest/initramfs.img"
-CONF
-export KATA_CONF_FILE=$WORK/configuration.toml
 . tests/containerd/env.sh
 trap 'ctrd_stop; rm -rf "$WORK"' EXIT
-ctrd_start "$WORK/ctrd" "$REPO/target/release" >/dev/null
-ctrd_import_busybox >/dev/null
+husk_ctrd_setup "$WORK"
 echo "== host kernel: $(uname -r); containerd $(containerd --version | awk '{print $3}')"
 echo "== ctr run --rm --runtime io.containerd.kata.v2 docker.io/library/busybox:latest demo ..."
 start=$(date +%s.%N)

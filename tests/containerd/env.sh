@@ -436,3 +436,36 @@ ctrd_import_busybox() {
     return 1
   }
 }
+
+# husk_ctrd_setup WORKDIR: the usual start of a husk scenario. Writes a configuration.toml that
+# points at this build tree (KATA_CONF_FILE, which containerd passes to its shims), starts our
+# containerd with target/release on PATH (for containerd-shim-kata-v2) and imports busybox.
+# Further arguments are extra lines for [hypervisor.husk], one key each.
+husk_ctrd_setup() {
+  local work=$1 repo
+  shift
+  repo=$(cd "$CTRD_HERE/../.." && pwd)
+  {
+    echo "[hypervisor.husk]"
+    echo "path = \"$repo/target/release/husk-vmm\""
+    echo "kernel = \"$repo/target/guest/vmlinux\""
+    echo "initrd = \"$repo/target/guest/initramfs.img\""
+    for line in "$@"; do echo "$line"; done
+  } > "$work/configuration.toml"
+  export KATA_CONF_FILE=$work/configuration.toml
+  ctrd_start "$work/ctrd" "$repo/target/release" >/dev/null || return 1
+  ctrd_import_busybox >/dev/null
+}
+
+# husk_task_gone NAME: SIGKILL task NAME, wait until it is STOPPED, delete task and container.
+husk_task_gone() {
+  local st=""
+  $CTR task kill -s SIGKILL "$1"
+  for _ in $(seq 50); do
+    st=$($CTR task ls | awk -v c="$1" '$1==c{print $3}')
+    [ "$st" = STOPPED ] && break
+    sleep 0.2
+  done
+  echo "after kill $1: $st"
+  $CTR task delete "$1" && $CTR container delete "$1"
+}

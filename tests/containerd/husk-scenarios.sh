@@ -7,26 +7,14 @@
 set -u
 cd "$(dirname "$0")/../.."
 REPO=$PWD
-BIN=$REPO/target/release
 IMAGE=docker.io/library/busybox:latest
 KATA=io.containerd.kata.v2
 T=${HUSK_CTR_TIMEOUT:-90}
 
 WORK=$(mktemp -d /tmp/husk-ctr.XXXXXX)
-cat > "$WORK/configuration.toml" <<EOF
-[hypervisor.husk]
-path = "$BIN/husk-vmm"
-kernel = "$REPO/target/guest/vmlinux"
-initrd = "$REPO/target/guest/initramfs.img"
-default_vcpus = 1
-default_memory = 256
-EOF
-export KATA_CONF_FILE=$WORK/configuration.toml
-
 . tests/containerd/env.sh
 trap 'ctrd_stop; rm -rf "$WORK"' EXIT
-ctrd_start "$WORK/ctrd" "$BIN" >/dev/null
-ctrd_import_busybox >/dev/null
+husk_ctrd_setup "$WORK" "default_vcpus = 1" "default_memory = 256"
 
 run() { timeout "$T" $CTR run --runtime $KATA "$@"; }
 
@@ -66,14 +54,7 @@ s_exec() {
   echo "exec status $?"
   echo "exec user $(timeout "$T" $CTR task exec --user 65534 --exec-id e4 c1 id -u </dev/null)"
   script -qec "timeout $T $CTR task exec -t --exec-id e3 c1 sh -c 'tty; echo exec-tty-done'" /dev/null </dev/null
-  $CTR task kill -s SIGKILL c1
-  for _ in $(seq 50); do
-    st=$($CTR task ls | awk '$1=="c1"{print $3}')
-    [ "$st" = STOPPED ] && break
-    sleep 0.2
-  done
-  echo "after kill: $st"
-  $CTR task delete c1 && $CTR container delete c1
+  husk_task_gone c1
 }
 
 s_sigterm() {
@@ -95,14 +76,7 @@ s_two() {
   $CTR task ls | awk '$1=="p1"||$1=="p2"{print "ls:", $1, $3}'
   echo "vmms: $(pgrep -xc husk-vmm)"
   timeout "$T" $CTR task exec --exec-id x p2 echo p2 answers </dev/null
-  for c in p1 p2; do $CTR task kill -s SIGKILL $c; done
-  for c in p1 p2; do
-    for _ in $(seq 50); do
-      [ "$($CTR task ls | awk -v c=$c '$1==c{print $3}')" = STOPPED ] && break
-      sleep 0.2
-    done
-    $CTR task delete $c && $CTR container delete $c
-  done
+  for c in p1 p2; do husk_task_gone $c; done
 }
 
 s_big_output() {
@@ -120,12 +94,7 @@ s_events() {
   $CTR run --runtime $KATA -d $IMAGE ev1 sleep 600 || return 1
   timeout "$T" $CTR task exec --exec-id ex1 ev1 true </dev/null
   $CTR task metrics ev1 2>&1 | sed 's/^/metrics /'
-  $CTR task kill -s SIGKILL ev1
-  for _ in $(seq 50); do
-    [ "$($CTR task ls | awk '$1=="ev1"{print $3}')" = STOPPED ] && break
-    sleep 0.2
-  done
-  $CTR task delete ev1 && $CTR container delete ev1
+  husk_task_gone ev1
   sleep 1
   kill $ev
   awk '{for (i=1;i<=NF;i++) if ($i ~ /^\/tasks\//) print "event", $i}' "$WORK/events"
@@ -135,12 +104,7 @@ s_attach() {
   $CTR run --runtime $KATA -d $IMAGE a1 sh -c 'i=0; while true; do i=$((i+1)); echo "tick $i"; sleep 0.3; done' || return 1
   sleep 2
   timeout -s KILL 3 $CTR task attach a1 </dev/null | head -n 3 | sed 's/^/attached /'
-  $CTR task kill -s SIGKILL a1
-  for _ in $(seq 50); do
-    [ "$($CTR task ls | awk '$1=="a1"{print $3}')" = STOPPED ] && break
-    sleep 0.2
-  done
-  $CTR task delete a1 && $CTR container delete a1
+  husk_task_gone a1
 }
 
 s_pod() {
@@ -152,12 +116,7 @@ s_pod() {
   echo "shims: $(pgrep -fc containerd-shim-kata-v2)"
   timeout "$T" $CTR task exec --exec-id x w1 sh -c 'echo "w1 in pod"' </dev/null
   for c in w1 podA; do
-    $CTR task kill -s SIGKILL $c
-    for _ in $(seq 50); do
-      [ "$($CTR task ls | awk -v c=$c '$1==c{print $3}')" = STOPPED ] && break
-      sleep 0.2
-    done
-    $CTR task delete $c && $CTR container delete $c
+    husk_task_gone $c
     echo "after deleting $c: vmms $(pgrep -xc husk-vmm)"
   done
 }

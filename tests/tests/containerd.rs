@@ -85,7 +85,7 @@ fn exec_into_a_running_container() {
     assert_eq!(s.after("exec status "), "5", "{}", s.output);
     assert_eq!(s.after("exec user "), "65534", "{}", s.output);
     assert!(s.output.contains("exec-tty-done"), "{}", s.output);
-    assert_eq!(s.after("after kill: "), "STOPPED", "{}", s.output);
+    assert_eq!(s.after("after kill c1: "), "STOPPED", "{}", s.output);
     assert!(s.output.contains("exit code 137"), "{}", s.output);
 }
 
