@@ -200,3 +200,12 @@ fn a_killed_shim_is_cleaned_up_by_delete() {
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}\n{}", s.output);
 }
+
+#[test]
+fn ctr_attach_gets_the_output_of_a_detached_container() {
+    let s = section("attach");
+    assert_eq!(s.status, 0, "{}", s.output);
+    // Output written while nobody was attached is kept for the next client.
+    assert!(s.output.contains("attached tick 1"), "{}", s.output);
+    assert!(s.output.contains("attached tick 3"), "{}", s.output);
+}
