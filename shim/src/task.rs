@@ -332,8 +332,7 @@ impl TaskService {
         };
         let log: Box<dyn Write + Send> = Box::new(AgentLog);
         let sandbox = Sandbox::start(&sb_config, log).map_err(|e| {
-            let _ = std::fs::remove_dir(&share);
-            let _ = std::fs::remove_dir(&dir);
+            remove_sandbox_dir(&dir);
             status(
                 Code::FAILED_PRECONDITION,
                 format!("cannot start the sandbox VM: {e}"),
@@ -348,12 +347,8 @@ impl TaskService {
     fn stop_vm_if_idle(&self, st: &mut State) {
         if st.containers.is_empty() {
             if let Some(vm) = st.vm.take() {
-                let share = vm.share.clone();
                 drop(vm);
-                let dir = self.dir();
-                let _ = std::fs::remove_dir(&share);
-                let _ = std::fs::remove_file(dir.join("vmm.pid"));
-                let _ = std::fs::remove_dir(&dir);
+                remove_sandbox_dir(&self.dir());
                 tracing::info!(sandbox = %self.sandbox_id, "sandbox VM stopped");
             }
         }
@@ -772,11 +767,17 @@ pub fn cleanup_after_crash(namespace: &str, sandbox: &str, id: &str) {
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
     }
+    remove_sandbox_dir(&dir);
+}
+
+/// Removes a sandbox's host directory once its VM is gone and its containers' mounts are
+/// undone. The share is removed only if empty: nothing is deleted through a mount.
+fn remove_sandbox_dir(dir: &Path) {
     // The VM directory holds only sockets and the console log.
     let _ = std::fs::remove_dir_all(dir.join("vm"));
-    let _ = std::fs::remove_dir(&share);
+    let _ = std::fs::remove_dir(dir.join("shared"));
     let _ = std::fs::remove_file(dir.join("vmm.pid"));
-    let _ = std::fs::remove_dir(&dir);
+    let _ = std::fs::remove_dir(dir);
 }
 
 /// The Task service as ttrpc serves it: a shared handle on the sandbox's state.

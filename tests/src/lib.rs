@@ -92,8 +92,14 @@ pub fn run_batch(scenarios: &[(&str, String)]) -> Batch {
     // A batch that hangs must fail in minutes, not at CI's limit.
     let timeout = std::env::var("HUSK_TESTHOST_TIMEOUT")
         .unwrap_or_else(|_| (60 + 2 * SCENARIO_TIMEOUT as usize * scenarios.len()).to_string());
+    testhost_batch(&["sh", "-c", &script], &timeout)
+}
+
+/// Runs `args` in the test host (from the repository, within `timeout` seconds) and splits its
+/// stdout into the sections it framed with `=== begin` / `=== end` lines.
+pub fn testhost_batch(args: &[&str], timeout: &str) -> Batch {
     let out = run(Command::new(repo().join("tests/testhost/run.sh"))
-        .args(["sh", "-c", &script])
+        .args(args)
         .env("HUSK_REPO", repo())
         .env("HUSK_TESTHOST_TIMEOUT", timeout)
         .current_dir(repo()));
@@ -117,8 +123,7 @@ pub fn section<'a>(batch: &'a Batch, name: &str) -> &'a Section {
         .unwrap_or_else(|| panic!("scenario {name} did not run to its end: {batch:#?}"))
 }
 
-/// Splits output into the sections framed by `=== begin NAME` and `=== end NAME STATUS`.
-pub fn parse_sections(stdout: &str) -> BTreeMap<String, Section> {
+fn parse_sections(stdout: &str) -> BTreeMap<String, Section> {
     let mut sections = BTreeMap::new();
     let mut current: Option<(String, String)> = None;
     for line in stdout.lines() {

@@ -2,29 +2,17 @@
 //! containerd-shim-kata-v2: every container runs in its own husk VM. One test-host boot runs all
 //! the scenarios of tests/containerd/husk-scenarios.sh; each test checks one of them.
 
-use std::process::Command;
 use std::sync::OnceLock;
 
-use husk_integration::{artifact, initrd, kernel, parse_sections, repo, run, vmm, Batch, Section};
+use husk_integration::{artifact, initrd, kernel, repo, testhost_batch, vmm, Batch, Section};
 
 fn batch() -> &'static Batch {
     static BATCH: OnceLock<Batch> = OnceLock::new();
     BATCH.get_or_init(|| {
         let _ = (vmm(), kernel(), initrd());
         let _ = artifact("target/release/containerd-shim-kata-v2");
-        let out = run(Command::new(repo().join("tests/testhost/run.sh"))
-            .arg(repo().join("tests/containerd/husk-scenarios.sh"))
-            .env("HUSK_TESTHOST_TIMEOUT", "900")
-            .current_dir(repo()));
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        if !out.status.success() {
-            return Err(format!(
-                "the scenarios failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
-        Ok(parse_sections(&stdout))
+        let script = repo().join("tests/containerd/husk-scenarios.sh");
+        testhost_batch(&[&script.to_string_lossy()], "900")
     })
 }
 
