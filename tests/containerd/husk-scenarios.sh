@@ -36,8 +36,11 @@ s_stdin() {
   printf 'a line from the host\n' | run --rm $IMAGE i1 sh -c 'read l; echo "got: $l"'
 }
 
+# A terminal for ctr: script(1) gives it a pty. `timeout --foreground` keeps ctr in the pty's
+# foreground process group (script runs the command with $SHELL, and /bin/sh does not exec the
+# last command): a background ctr stops on SIGTTOU when it sets the terminal raw.
 s_tty() {
-  script -qec "timeout $T $CTR run --runtime $KATA --rm -t $IMAGE t1 sh -c 'tty; echo tty-done'" /dev/null </dev/null
+  script -qec "timeout --foreground $T $CTR run --runtime $KATA --rm -t $IMAGE t1 sh -c 'tty; echo tty-done'" /dev/null </dev/null
 }
 
 s_oci() {
@@ -53,7 +56,7 @@ s_exec() {
   timeout "$T" $CTR task exec --exec-id e2 c1 sh -c 'exit 5' </dev/null
   echo "exec status $?"
   echo "exec user $(timeout "$T" $CTR task exec --user 65534 --exec-id e4 c1 id -u </dev/null)"
-  script -qec "timeout $T $CTR task exec -t --exec-id e3 c1 sh -c 'tty; echo exec-tty-done'" /dev/null </dev/null
+  script -qec "timeout --foreground $T $CTR task exec -t --exec-id e3 c1 sh -c 'tty; echo exec-tty-done'" /dev/null </dev/null
   husk_task_gone c1
 }
 
