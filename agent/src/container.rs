@@ -16,8 +16,14 @@ use std::os::unix::net::UnixListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
+use libcgroups::common::{
+    create_cgroup_manager, AnyCgroupManager, CgroupConfig, CgroupManager, ControllerOpt,
+};
+use libcontainer::oci_spec::runtime::LinuxResources;
+
+use crate::oom::OomWatcher;
 use crate::process::{ProcessError, Stdio3, Table, SPAWN_LOCK};
 
 /// Where libcontainer keeps its per-container state in the guest.
@@ -34,6 +40,11 @@ pub fn key(container_id: &str, exec_id: &str) -> String {
     } else {
         format!("{container_id}/{exec_id}")
     }
+}
+
+/// The cgroup v2 directory of cgroup path `cgroup`.
+fn cgroup_dir(cgroup: &str) -> PathBuf {
+    Path::new("/sys/fs/cgroup").join(cgroup.trim_start_matches('/'))
 }
 
 /// Container and exec ids become file names: refuse anything that is not a plain name.
@@ -59,12 +70,33 @@ struct Container {
 }
 
 /// The containers of this sandbox.
-#[derive(Default)]
 pub struct Containers {
     by_id: Mutex<HashMap<String, Container>>,
+    /// None when the guest kernel has no inotify: no OOM events then.
+    oom: Option<Arc<OomWatcher>>,
 }
 
 impl Containers {
+    pub fn new() -> Containers {
+        let oom = OomWatcher::start()
+            .map_err(|e| crate::log::info(&format!("no OOM events: {e}")))
+            .ok();
+        Containers {
+            by_id: Mutex::new(HashMap::new()),
+            oom,
+        }
+    }
+
+    /// Waits for the next out-of-memory kill in a container; its id.
+    pub fn next_oom(&self) -> Result<String, ProcessError> {
+        match &self.oom {
+            Some(oom) => Ok(oom.next()),
+            None => Err(ProcessError::Runtime(
+                "the guest cannot watch for OOM kills (no inotify)".into(),
+            )),
+        }
+    }
+
     /// Creates container `id` from `spec` (OCI runtime spec JSON whose root is already a path in
     /// the guest). Its init process waits for [`Containers::start`].
     pub fn create(&self, procs: &Table, id: &str, spec: &[u8]) -> Result<(), ProcessError> {
@@ -78,7 +110,12 @@ impl Containers {
             if all.contains_key(id) {
                 return Err(ProcessError::Exists(format!("container {id}")));
             }
-            all.insert(id.to_string(), Container { cgroup });
+            all.insert(
+                id.to_string(),
+                Container {
+                    cgroup: cgroup.clone(),
+                },
+            );
         }
         let result = (|| {
             let bundle = Path::new(BUNDLES).join(id);
@@ -93,6 +130,10 @@ impl Containers {
         if result.is_err() {
             self.by_id.lock().expect("containers lock").remove(id);
             let _ = std::fs::remove_dir_all(Path::new(BUNDLES).join(id));
+        } else if let (Some(oom), Some(cgroup)) = (&self.oom, &cgroup) {
+            if let Err(e) = oom.watch(id, &cgroup_dir(cgroup)) {
+                crate::log::info(&format!("no OOM events for container {id}: {e}"));
+            }
         }
         result
     }
@@ -137,6 +178,9 @@ impl Containers {
     /// Kills what is left of container `id` and removes its state, cgroup and bundle.
     pub fn remove(&self, procs: &Table, id: &str) -> Result<(), ProcessError> {
         self.known(id)?;
+        if let Some(oom) = &self.oom {
+            oom.forget(id);
+        }
         run_helper(&["delete", id])?;
         self.by_id.lock().expect("containers lock").remove(id);
         procs.forget_prefix(&format!("{id}/"));
@@ -146,14 +190,7 @@ impl Containers {
 
     /// Memory in bytes, CPU time in ns and the number of tasks, from the container's cgroup.
     pub fn stats(&self, id: &str) -> Result<(u64, u64, u64), ProcessError> {
-        let cgroup = {
-            let all = self.by_id.lock().expect("containers lock");
-            let c = all
-                .get(id)
-                .ok_or_else(|| ProcessError::NotFound(format!("container {id}")))?;
-            c.cgroup.clone().unwrap_or_default()
-        };
-        let dir = Path::new("/sys/fs/cgroup").join(cgroup.trim_start_matches('/'));
+        let dir = cgroup_dir(&self.cgroup(id)?);
         let read = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap_or_default();
         let memory = read("memory.current").trim().parse().unwrap_or(0);
         let pids = read("pids.current").trim().parse().unwrap_or(0);
@@ -163,6 +200,50 @@ impl Containers {
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or(0);
         Ok((memory, cpu_us * 1000, pids))
+    }
+
+    /// Applies new resource limits (OCI `LinuxResources` JSON) to container `id`'s cgroup.
+    pub fn update(&self, id: &str, resources: &[u8]) -> Result<(), ProcessError> {
+        let resources: LinuxResources = serde_json::from_slice(resources).map_err(|e| {
+            ProcessError::BadRequest(format!("the resources are not OCI LinuxResources: {e}"))
+        })?;
+        let manager = self.cgroup_manager(id)?;
+        let opt = ControllerOpt {
+            resources: &resources,
+            disable_oom_killer: false,
+            oom_score_adj: None,
+            freezer_state: None,
+        };
+        manager
+            .apply(&opt)
+            .map_err(|e| ProcessError::Runtime(format!("cannot update container {id}: {e}")))
+    }
+
+    /// The pids of every process in container `id`'s cgroup.
+    pub fn pids(&self, id: &str) -> Result<Vec<u32>, ProcessError> {
+        let pids = self
+            .cgroup_manager(id)?
+            .get_all_pids()
+            .map_err(|e| ProcessError::Runtime(format!("cannot list container {id}: {e}")))?;
+        Ok(pids.into_iter().map(|p| p.as_raw() as u32).collect())
+    }
+
+    fn cgroup_manager(&self, id: &str) -> Result<AnyCgroupManager, ProcessError> {
+        let cgroup = self.cgroup(id)?;
+        create_cgroup_manager(CgroupConfig {
+            cgroup_path: PathBuf::from(cgroup),
+            systemd_cgroup: false,
+            container_name: id.to_string(),
+        })
+        .map_err(|e| ProcessError::Runtime(format!("container {id}'s cgroup: {e}")))
+    }
+
+    fn cgroup(&self, id: &str) -> Result<String, ProcessError> {
+        let all = self.by_id.lock().expect("containers lock");
+        let c = all
+            .get(id)
+            .ok_or_else(|| ProcessError::NotFound(format!("container {id}")))?;
+        Ok(c.cgroup.clone().unwrap_or_default())
     }
 
     fn known(&self, id: &str) -> Result<(), ProcessError> {

@@ -122,7 +122,7 @@ impl AgentService for Agent {
 
     fn close_stdin(&self, _: &TtrpcContext, req: CloseStdinRequest) -> Result<Empty> {
         self.procs
-            .get(&req.exec_id)
+            .get(&key(&req.container_id, &req.exec_id))
             .map_err(rpc_error)?
             .close_stdin();
         Ok(Empty::new())
@@ -161,6 +161,33 @@ impl AgentService for Agent {
             .map_err(rpc_error)?;
         crate::log::debug(&format!("container {} removed", req.container_id));
         Ok(Empty::new())
+    }
+
+    fn update_container(&self, _: &TtrpcContext, req: UpdateContainerRequest) -> Result<Empty> {
+        self.containers
+            .update(&req.container_id, &req.resources)
+            .map_err(rpc_error)?;
+        Ok(Empty::new())
+    }
+
+    fn list_processes(
+        &self,
+        _: &TtrpcContext,
+        req: ListProcessesRequest,
+    ) -> Result<ListProcessesResponse> {
+        let pids = self.containers.pids(&req.container_id).map_err(rpc_error)?;
+        Ok(ListProcessesResponse {
+            pids,
+            ..Default::default()
+        })
+    }
+
+    fn get_oom_event(&self, _: &TtrpcContext, _: GetOOMEventRequest) -> Result<OOMEvent> {
+        let container_id = self.containers.next_oom().map_err(rpc_error)?;
+        Ok(OOMEvent {
+            container_id,
+            ..Default::default()
+        })
     }
 
     fn stats_container(
@@ -231,7 +258,7 @@ pub fn serve(procs: Arc<Table>, port: u32) -> std::result::Result<ttrpc::Server,
         .bind(&format!("vsock://-1:{port}"))?
         .register_service(create_agent_service(Arc::new(Agent {
             procs,
-            containers: Containers::default(),
+            containers: Containers::new(),
         })))
         .register_service(create_health(Arc::new(HealthService)));
     server.start()?;

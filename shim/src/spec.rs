@@ -32,10 +32,19 @@ pub enum SpecError {
     Invalid(PathBuf, String),
 }
 
-/// Rewrites `spec` (the bundle's config.json) for container `id`.
-pub fn for_guest(id: &str, mut spec: Value) -> GuestSpec {
+/// Rewrites `spec` (the bundle's config.json) for container `id`. A container with a UTS
+/// namespace of its own but no hostname gets `host_name`: under runc it would inherit the host's
+/// name, and the guest has none of its own.
+pub fn for_guest(id: &str, mut spec: Value, host_name: &str) -> GuestSpec {
     let mut dropped = Vec::new();
     spec["root"]["path"] = Value::String(format!("{GUEST_SHARE}/{id}/rootfs"));
+    let own_uts = spec["linux"]["namespaces"]
+        .as_array()
+        .is_some_and(|ns| ns.iter().any(|n| n["type"] == "uts"));
+    let named = spec["hostname"].as_str().is_some_and(|h| !h.is_empty());
+    if own_uts && !named && !host_name.is_empty() {
+        spec["hostname"] = Value::String(host_name.to_string());
+    }
 
     if let Some(obj) = spec.as_object_mut() {
         if obj.remove("hooks").is_some() {
@@ -154,7 +163,7 @@ mod tests {
                  "options": ["rbind", "ro"]}
             ]
         });
-        let g = for_guest("c1", spec);
+        let g = for_guest("c1", spec, "myhost");
         assert_eq!(g.spec["root"]["path"], format!("{GUEST_SHARE}/c1/rootfs"));
         assert!(g.spec.get("hooks").is_none());
         assert!(g.spec["linux"].get("seccomp").is_none());
@@ -177,6 +186,17 @@ mod tests {
             }]
         );
         assert_eq!(g.dropped.len(), 3);
+    }
+
+    #[test]
+    fn hostname_only_for_an_own_uts_namespace_without_one() {
+        let uts = json!({"linux": {"namespaces": [{"type": "uts"}]}});
+        assert_eq!(for_guest("c", uts.clone(), "h").spec["hostname"], "h");
+        let mut named = uts;
+        named["hostname"] = json!("mine");
+        assert_eq!(for_guest("c", named, "h").spec["hostname"], "mine");
+        let shared = json!({"linux": {"namespaces": [{"type": "pid"}]}});
+        assert!(for_guest("c", shared, "h").spec.get("hostname").is_none());
     }
 
     #[test]

@@ -223,7 +223,10 @@ pub struct TaskService {
     namespace: String,
     sandbox_id: String,
     config_path: Option<PathBuf>,
-    publisher: RemotePublisher,
+    /// containerd's ttrpc address (TTRPC_ADDRESS) and our connection to it; a containerd that
+    /// restarted gets a new one.
+    events_address: String,
+    publisher: Mutex<RemotePublisher>,
     state: Mutex<State>,
     shutdown: (Mutex<bool>, Condvar),
 }
@@ -233,13 +236,15 @@ impl TaskService {
         namespace: &str,
         sandbox_id: &str,
         config_path: Option<PathBuf>,
+        events_address: &str,
         publisher: RemotePublisher,
     ) -> TaskService {
         TaskService {
             namespace: namespace.into(),
             sandbox_id: sandbox_id.into(),
             config_path,
-            publisher,
+            events_address: events_address.into(),
+            publisher: Mutex::new(publisher),
             state: Mutex::new(State::default()),
             shutdown: (Mutex::new(false), Condvar::new()),
         }
@@ -253,14 +258,28 @@ impl TaskService {
         }
     }
 
-    fn publish<E: Event + Message + MessageDyn>(&self, event: E) {
+    fn publish<E: Event + Message + MessageDyn + Clone>(&self, event: E) {
         let topic = event.topic();
-        let ctx = ttrpc::context::with_timeout(Duration::from_secs(5).as_nanos() as i64);
-        if let Err(e) = self
-            .publisher
-            .publish(ctx, &topic, &self.namespace, Box::new(event))
-        {
-            tracing::warn!(topic, error = %e, "cannot publish event");
+        let ctx = || ttrpc::context::with_timeout(Duration::from_secs(5).as_nanos() as i64);
+        let mut publisher = self.publisher.lock().expect("publisher lock");
+        let Err(e) = publisher.publish(ctx(), &topic, &self.namespace, Box::new(event.clone()))
+        else {
+            return;
+        };
+        // containerd may have restarted: connect again, once.
+        let retried = RemotePublisher::new(&self.events_address)
+            .map_err(|e| e.to_string())
+            .and_then(|p| {
+                *publisher = p;
+                publisher
+                    .publish(ctx(), &topic, &self.namespace, Box::new(event))
+                    .map_err(|e| e.to_string())
+            });
+        match retried {
+            Ok(()) => tracing::info!(topic, "reconnected to containerd to publish events"),
+            Err(again) => {
+                tracing::warn!(topic, error = %e, retry = %again, "cannot publish event")
+            }
         }
     }
 
@@ -392,7 +411,8 @@ impl TaskService {
         let bundle = Path::new(&req.bundle);
         let oci = spec::read_bundle_spec(bundle)
             .map_err(|e| status(Code::INVALID_ARGUMENT, e.to_string()))?;
-        let guest = spec::for_guest(&req.id, oci);
+        let host_name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        let guest = spec::for_guest(&req.id, oci, host_name.trim());
         for d in &guest.dropped {
             tracing::warn!(container = %req.id, "ignored from the spec: {d}");
         }
@@ -473,6 +493,27 @@ impl TaskService {
             *p.stdin_thread.lock().expect("stdin lock") = Some(h);
         }
         done_rx
+    }
+
+    /// Publishes TaskOOM for every out-of-memory kill the agent reports, until the VM goes.
+    fn watch_oom(self: &Arc<Self>, vm: &Vm) {
+        let this = self.clone();
+        let agent = vm.sandbox.agent.clone();
+        std::thread::spawn(move || loop {
+            match agent.get_oom_event(unbounded(), &pb::GetOOMEventRequest::default()) {
+                Ok(ev) => {
+                    tracing::info!(container = %ev.container_id, "out-of-memory kill in the guest");
+                    this.publish(TaskOOM {
+                        container_id: ev.container_id,
+                        ..Default::default()
+                    });
+                }
+                Err(e) => {
+                    tracing::debug!(error = %rpc_message(&e), "no more OOM events");
+                    return;
+                }
+            }
+        });
     }
 
     /// Waits for the process in the guest, lets its output drain, then records and announces
@@ -815,6 +856,7 @@ impl Task for TaskHandle {
             None => {
                 let vm = self.boot()?;
                 st.vm = Some(vm.clone());
+                self.0.watch_oom(&vm);
                 vm
             }
         };
@@ -1001,11 +1043,40 @@ impl Task for TaskHandle {
             .containers
             .get(&req.id)
             .ok_or_else(|| status(Code::NOT_FOUND, format!("container {} not found", req.id)))?;
-        Ok(PidsResponse {
-            processes: vec![ProcessInfo {
-                pid: c.init.pid,
+        if c.init.phase() == Phase::Created {
+            // Not started: only the init exists.
+            return Ok(PidsResponse {
+                processes: vec![ProcessInfo {
+                    pid: c.init.pid,
+                    ..Default::default()
+                }],
                 ..Default::default()
-            }],
+            });
+        }
+        let vm = st
+            .vm
+            .clone()
+            .ok_or_else(|| status(Code::FAILED_PRECONDITION, "the sandbox VM is not running"))?;
+        drop(st);
+        let r = pb::ListProcessesRequest {
+            container_id: req.id.clone(),
+            ..Default::default()
+        };
+        let list = vm
+            .sandbox
+            .agent
+            .list_processes(ctx(), &r)
+            .map_err(|e| agent_error("cannot list the container's processes", e))?;
+        // Guest pids, as Kata reports them.
+        Ok(PidsResponse {
+            processes: list
+                .pids
+                .into_iter()
+                .map(|pid| ProcessInfo {
+                    pid,
+                    ..Default::default()
+                })
+                .collect(),
             ..Default::default()
         })
     }
@@ -1160,10 +1231,27 @@ impl Task for TaskHandle {
 
     fn update(&self, _: &TtrpcContext, req: UpdateTaskRequest) -> TResult<Empty> {
         self.proc(&req.id, "")?;
-        Err(status(
-            Code::UNIMPLEMENTED,
-            "husk cannot change a running container's resources yet; recreate it with the new limits",
-        ))
+        let vm = self.vm()?;
+        // containerd sends the OCI LinuxResources as JSON, the agent's format too.
+        let Some(any) = req.resources.as_ref() else {
+            return Err(status(Code::INVALID_ARGUMENT, "update without resources"));
+        };
+        if !any.type_url.ends_with("LinuxResources") {
+            return Err(status(
+                Code::INVALID_ARGUMENT,
+                format!("husk updates Linux resources only, not {}", any.type_url),
+            ));
+        }
+        let r = pb::UpdateContainerRequest {
+            container_id: req.id.clone(),
+            resources: any.value.clone(),
+            ..Default::default()
+        };
+        vm.sandbox
+            .agent
+            .update_container(ctx(), &r)
+            .map_err(|e| agent_error("cannot update the container's resources", e))?;
+        Ok(Empty::new())
     }
 
     fn wait(&self, _: &TtrpcContext, req: WaitRequest) -> TResult<WaitResponse> {

@@ -457,6 +457,26 @@ husk_ctrd_setup() {
   ctrd_import_busybox >/dev/null
 }
 
+# husk_ctrd_restart: stops containerd (its shims and tasks keep running) and starts it again on
+# the same config, root and state, as a package upgrade or a crash and systemd restart would.
+husk_ctrd_restart() {
+  local repo
+  repo=$(cd "$CTRD_HERE/../.." && pwd)
+  kill -TERM "$CTRD_PID" 2>/dev/null
+  wait "$CTRD_PID" 2>/dev/null
+  PATH=$repo/target/release:$PATH setpriv --pdeathsig TERM -- containerd --config "$CTRD_DIR/config.toml" \
+    </dev/null >>"$CTRD_DIR/containerd.log" 2>&1 &
+  CTRD_PID=$!
+  echo "$CTRD_PID" >"$CTRD_DIR/containerd.pid"
+  export CTRD_PID
+  for _ in $(seq 600); do
+    timeout 20 ctr -a "$CTRD_SOCK" version >/dev/null 2>&1 && return 0
+    sleep 0.1
+  done
+  echo "containerd did not come back" >&2
+  return 1
+}
+
 # husk_task_gone NAME: SIGKILL task NAME, wait until it is STOPPED, delete task and container.
 husk_task_gone() {
   local st=""

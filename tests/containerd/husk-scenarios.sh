@@ -17,6 +17,7 @@ trap 'ctrd_stop; rm -rf "$WORK"' EXIT
 husk_ctrd_setup "$WORK" "default_vcpus = 1" "default_memory = 256"
 
 run() { timeout "$T" $CTR run --runtime $KATA "$@"; }
+CGROUP_MOUNT=type=cgroup,src=cgroup,dst=/sys/fs/cgroup,options=ro
 
 # Leftovers of husk on this machine: VMMs, sandbox directories, mounts, shim sockets.
 leftovers() {
@@ -32,8 +33,9 @@ s_echo() { run --rm $IMAGE e1 echo hello from husk </dev/null; }
 s_exit_status() { run --rm $IMAGE x1 sh -c 'echo before; exit 3' </dev/null; }
 
 s_stdin() {
-  # ctr does not forward EOF to a non-tty container: read one line.
-  printf 'a line from the host\n' | run --rm $IMAGE i1 sh -c 'read l; echo "got: $l"'
+  # The container reads its input to the end: the end of ctr's stdin reaches it as EOF.
+  printf 'a line from the host\nsecond\nthird\n' |
+    run --rm $IMAGE i1 sh -c 'read l; echo "got: $l"; echo "rest $(wc -l)"'
 }
 
 # A terminal for ctr: script(1) gives it a pty. `timeout --foreground` keeps ctr in the pty's
@@ -45,8 +47,41 @@ s_tty() {
 
 s_oci() {
   # What the container sees: its own hostname, env, cwd, user and pid namespace.
-  run --rm --env FOO=bar --cwd /tmp $IMAGE o1 sh -c \
-    'echo "env FOO=$FOO"; echo "cwd $(pwd)"; echo "id $(id -u):$(id -g)"; echo "pid1 $(cat /proc/1/cmdline | tr "\0" " ")"' </dev/null
+  echo "host name $(hostname)"
+  # ctr's spec has no cgroup mount (CRI's has): ask for one.
+  run --rm --env FOO=bar --cwd /tmp --memory-limit 100663296 --mount "$CGROUP_MOUNT" $IMAGE o1 sh -c \
+    'echo "env FOO=$FOO"; echo "cwd $(pwd)"; echo "id $(id -u):$(id -g)"; echo "pid1 $(cat /proc/1/cmdline | tr "\0" " ")"
+     echo "hostname $(hostname)"
+     echo "memory.max $(cat /sys/fs/cgroup$(cut -d: -f3 /proc/self/cgroup)/memory.max)"' </dev/null
+}
+
+s_update() {
+  # New limits for a running container, and its processes (ctr task ps). Debian's ctr has no
+  # `task update`: husk-task-update makes containerd's Update call to the shim.
+  $CTR run --runtime $KATA -d --mount "$CGROUP_MOUNT" $IMAGE u1 sh -c 'sleep 600 & wait' || return 1
+  target/release/husk-task-update "$(cat "$CTRD_DIR/state/io.containerd.runtime.v2.task/$CTRD_NAMESPACE/u1/address")" \
+    u1 '{"memory": {"limit": 67108864}, "cpu": {"quota": 50000, "period": 100000}}'
+  echo "update status $?"
+  local cg=/sys/fs/cgroup/husk/u1
+  echo "memory.max $(timeout "$T" $CTR task exec --exec-id m u1 cat $cg/memory.max </dev/null)"
+  echo "cpu.max $(timeout "$T" $CTR task exec --exec-id c u1 cat $cg/cpu.max </dev/null)"
+  target/release/husk-task-update "$(cat "$CTRD_DIR/state/io.containerd.runtime.v2.task/$CTRD_NAMESPACE/u1/address")" \
+    u1 '{"memory": {"limit": "lots"}}'
+  echo "bad update status $?"
+  echo "ps count $($CTR task ps u1 | tail -n +2 | wc -l)"
+  husk_task_gone u1
+}
+
+s_oom() {
+  # A container over its memory limit is killed in the guest; containerd hears of it.
+  $CTR events > "$WORK/oom-events" 2>&1 &
+  local ev=$!
+  sleep 1
+  run --rm --memory-limit 33554432 $IMAGE oom1 sh -c 'echo filling; tail /dev/zero' </dev/null
+  echo "status $?"
+  sleep 1
+  kill $ev
+  awk '{for (i=1;i<=NF;i++) if ($i ~ /^\/tasks\//) print "event", $i}' "$WORK/oom-events"
 }
 
 s_exec() {
@@ -126,6 +161,26 @@ s_pod() {
   done
 }
 
+s_restart() {
+  # containerd restarts while a husk container runs: it finds the shim again (the bundle's
+  # address file) and the task keeps working, events included.
+  $CTR run --runtime $KATA -d $IMAGE r1 sleep 600 || return 1
+  husk_ctrd_restart || return 1
+  echo "after restart: $($CTR task ls | awk '$1=="r1"{print $3}')"
+  timeout "$T" $CTR task exec --exec-id x r1 echo r1 answers </dev/null
+  $CTR events > "$WORK/restart-events" 2>&1 &
+  local ev=$!
+  sleep 1
+  $CTR task kill -s SIGKILL r1
+  for _ in $(seq 50); do
+    grep -q "/tasks/exit" "$WORK/restart-events" && break
+    sleep 0.2
+  done
+  kill $ev
+  grep -o "/tasks/exit" "$WORK/restart-events" | sed 's/^/event /'
+  $CTR task delete r1 >/dev/null && $CTR container delete r1
+}
+
 s_shim_crash() {
   # A shim killed with SIGKILL: containerd runs `containerd-shim-kata-v2 delete`, which must
   # remove the VM, the mounts and the directories the dead shim left.
@@ -163,7 +218,7 @@ s_missing_kernel() {
   $CTR container delete b2 2>/dev/null
 }
 
-scenarios=${*:-echo exit_status stdin tty oci big_output exec events attach sigterm two pod bad_config missing_kernel shim_crash cleanup}
+scenarios=${*:-echo exit_status stdin tty oci update oom big_output exec events attach sigterm two pod restart bad_config missing_kernel shim_crash cleanup}
 for s in $scenarios; do
   echo "=== begin $s"
   "s_$s" 2>&1

@@ -11,6 +11,7 @@ fn batch() -> &'static Batch {
     BATCH.get_or_init(|| {
         let _ = (vmm(), kernel(), initrd());
         let _ = artifact("target/release/containerd-shim-kata-v2");
+        let _ = artifact("target/release/husk-task-update");
         let script = repo().join("tests/containerd/husk-scenarios.sh");
         testhost_batch(&[&script.to_string_lossy()], "900")
     })
@@ -43,6 +44,8 @@ fn stdin_reaches_the_container() {
         "{}",
         s.output
     );
+    // `wc -l` ends only at EOF.
+    assert_eq!(s.after("rest "), "2", "{}", s.output);
 }
 
 #[test]
@@ -62,6 +65,34 @@ fn env_cwd_and_pid_namespace_come_from_the_spec() {
     assert_eq!(s.after("id "), "0:0", "{}", s.output);
     // The container's command is PID 1 of its own PID namespace, not our agent.
     assert!(s.after("pid1 ").starts_with("sh -c"), "{}", s.output);
+    // No hostname in ctr's spec: the host's name, as under runc; never the guest's "(none)".
+    let host = s.after("host name ");
+    assert!(!host.is_empty(), "{}", s.output);
+    assert_eq!(s.after("hostname "), host, "{}", s.output);
+    // --memory-limit reaches the container's cgroup in the guest.
+    assert_eq!(s.after("memory.max "), "100663296", "{}", s.output);
+}
+
+#[test]
+fn ctr_task_update_and_ps_reach_the_guest() {
+    let s = section("update");
+    assert_eq!(s.status, 0, "{}", s.output);
+    assert_eq!(s.after("update status "), "0", "{}", s.output);
+    assert_eq!(s.after("memory.max "), "67108864", "{}", s.output);
+    assert_eq!(s.after("cpu.max "), "50000 100000", "{}", s.output);
+    // Resources that are not OCI LinuxResources are refused, with the reason.
+    assert_eq!(s.after("bad update status "), "1", "{}", s.output);
+    assert!(s.output.contains("not OCI LinuxResources"), "{}", s.output);
+    // sh and its sleep.
+    assert_eq!(s.after("ps count "), "2", "{}", s.output);
+}
+
+#[test]
+fn an_out_of_memory_kill_is_a_task_oom_event() {
+    let s = section("oom");
+    assert!(s.output.contains("filling"), "{}", s.output);
+    assert_eq!(s.after("status "), "137", "{}", s.output);
+    assert!(s.output.contains("event /tasks/oom"), "{}", s.output);
 }
 
 #[test]
@@ -94,6 +125,16 @@ fn two_containers_run_at_once_in_two_vms() {
     assert!(s.output.contains("ls: p2 RUNNING"), "{}", s.output);
     assert_eq!(s.after("vmms: "), "2", "{}", s.output);
     assert!(s.output.contains("p2 answers"), "{}", s.output);
+}
+
+#[test]
+fn a_restarted_containerd_finds_the_running_task_again() {
+    let s = section("restart");
+    assert_eq!(s.status, 0, "{}", s.output);
+    assert_eq!(s.after("after restart: "), "RUNNING", "{}", s.output);
+    assert!(s.output.contains("r1 answers"), "{}", s.output);
+    // The shim's events reach the new containerd.
+    assert!(s.output.contains("event /tasks/exit"), "{}", s.output);
 }
 
 #[test]

@@ -77,6 +77,7 @@ fn start(flags: &containerd_shim::Flags) -> Result<()> {
     let address = containerd_shim::socket_address(&flags.address, &flags.namespace, &sandbox);
     let sock_path = address.trim_start_matches("unix://");
     if std::os::unix::net::UnixStream::connect(sock_path).is_ok() {
+        write_address(&bundle, &address)?;
         print!("{address}");
         return Ok(());
     }
@@ -122,9 +123,19 @@ fn start(flags: &containerd_shim::Flags) -> Result<()> {
             err.trim()
         );
     }
+    write_address(&bundle, &address)?;
     print!("{address}");
     std::io::stdout().flush()?;
     Ok(())
+}
+
+/// Leaves the shim's address in the bundle's `address` file, where a restarted containerd looks
+/// for the shims of running tasks to reconnect to them.
+fn write_address(bundle: &Path, address: &str) -> Result<()> {
+    let tmp = bundle.join("address.tmp");
+    std::fs::write(&tmp, address)
+        .and_then(|_| std::fs::rename(&tmp, bundle.join("address")))
+        .with_context(|| format!("cannot write {}", bundle.join("address").display()))
 }
 
 /// The `ConfigPath` of containerd's runtime options (`runtimeoptions.v1.Options`, field 2),
@@ -162,6 +173,7 @@ fn serve(flags: &containerd_shim::Flags) -> Result<()> {
         &flags.namespace,
         &flags.id,
         config_path,
+        &ttrpc_address,
         publisher,
     ));
     let mut services = create_task(Arc::new(TaskHandle(service.clone())));
