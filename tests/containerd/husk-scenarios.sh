@@ -16,7 +16,32 @@ WORK=$(mktemp -d /tmp/husk-ctr.XXXXXX)
 trap 'ctrd_stop; rm -rf "$WORK"' EXIT
 husk_ctrd_setup "$WORK" "default_vcpus = 1" "default_memory = 256"
 
-run() { timeout "$T" $CTR run --runtime $KATA "$@"; }
+# A command that may hang, bounded: ctr passes SIGTERM on to the container, so the KILL after 10
+# more seconds is what ends a stuck ctr. On a timeout, what husk was doing goes into the output.
+tmo() {
+  timeout -k 10 "$T" "$@"
+  local st=$?
+  if [ $st = 124 ] || [ $st = 137 ]; then
+    echo "TIMEOUT ($T s): $*"
+    diagnose
+  fi
+  return $st
+}
+
+diagnose() {
+  local f p t
+  for f in /run/husk/s/*/vm/console.log; do
+    [ -f "$f" ] && tail -n 30 "$f" | sed "s|^|diag console $f: |"
+  done
+  grep -E 'husk|kata|shim' "$CTRD_DIR/containerd.log" | tail -n 40 | cut -c1-400 | sed 's/^/diag log: /'
+  for p in $(pgrep -f containerd-shim-kata-v2) $(pgrep -x husk-vmm) $(pgrep -x ctr); do
+    for t in /proc/$p/task/*; do
+      echo "diag thread $p $(cat /proc/$p/comm 2>/dev/null)/$(cat $t/comm 2>/dev/null) $(awk '{print $3}' $t/stat 2>/dev/null) $(cat $t/wchan 2>/dev/null)"
+    done
+  done
+}
+
+run() { tmo $CTR run --runtime $KATA "$@"; }
 CGROUP_MOUNT=type=cgroup,src=cgroup,dst=/sys/fs/cgroup,options=ro
 
 # Leftovers of husk on this machine: VMMs, sandbox directories, mounts, shim sockets.
@@ -42,7 +67,7 @@ s_stdin() {
 # foreground process group (script runs the command with $SHELL, and /bin/sh does not exec the
 # last command): a background ctr stops on SIGTTOU when it sets the terminal raw.
 s_tty() {
-  script -qec "timeout --foreground $T $CTR run --runtime $KATA --rm -t $IMAGE t1 sh -c 'tty; echo tty-done'" /dev/null </dev/null
+  script -qec "timeout --foreground -k 10 $T $CTR run --runtime $KATA --rm -t $IMAGE t1 sh -c 'tty; echo tty-done'" /dev/null </dev/null
 }
 
 s_oci() {
@@ -58,13 +83,13 @@ s_oci() {
 s_update() {
   # New limits for a running container, and its processes (ctr task ps). Debian's ctr has no
   # `task update`: husk-task-update makes containerd's Update call to the shim.
-  $CTR run --runtime $KATA -d --mount "$CGROUP_MOUNT" $IMAGE u1 sh -c 'sleep 600 & wait' || return 1
+  tmo $CTR run --runtime $KATA -d --mount "$CGROUP_MOUNT" $IMAGE u1 sh -c 'sleep 600 & wait' || return 1
   target/release/husk-task-update "$(cat "$CTRD_DIR/state/io.containerd.runtime.v2.task/$CTRD_NAMESPACE/u1/address")" \
     u1 '{"memory": {"limit": 67108864}, "cpu": {"quota": 50000, "period": 100000}}'
   echo "update status $?"
   local cg=/sys/fs/cgroup/husk/u1
-  echo "memory.max $(timeout "$T" $CTR task exec --exec-id m u1 cat $cg/memory.max </dev/null)"
-  echo "cpu.max $(timeout "$T" $CTR task exec --exec-id c u1 cat $cg/cpu.max </dev/null)"
+  echo "memory.max $(tmo $CTR task exec --exec-id m u1 cat $cg/memory.max </dev/null)"
+  echo "cpu.max $(tmo $CTR task exec --exec-id c u1 cat $cg/cpu.max </dev/null)"
   target/release/husk-task-update "$(cat "$CTRD_DIR/state/io.containerd.runtime.v2.task/$CTRD_NAMESPACE/u1/address")" \
     u1 '{"memory": {"limit": "lots"}}'
   echo "bad update status $?"
@@ -85,18 +110,18 @@ s_oom() {
 }
 
 s_exec() {
-  $CTR run --runtime $KATA -d $IMAGE c1 sh -c 'while true; do sleep 1; done' || return 1
+  tmo $CTR run --runtime $KATA -d $IMAGE c1 sh -c 'while true; do sleep 1; done' || return 1
   echo "ls: $($CTR task ls | awk '$1=="c1"{print $3}')"
-  timeout "$T" $CTR task exec --exec-id e1 c1 sh -c 'echo exec ok; ps | grep -c "sleep"' </dev/null
-  timeout "$T" $CTR task exec --exec-id e2 c1 sh -c 'exit 5' </dev/null
+  tmo $CTR task exec --exec-id e1 c1 sh -c 'echo exec ok; ps | grep -c "sleep"' </dev/null
+  tmo $CTR task exec --exec-id e2 c1 sh -c 'exit 5' </dev/null
   echo "exec status $?"
-  echo "exec user $(timeout "$T" $CTR task exec --user 65534 --exec-id e4 c1 id -u </dev/null)"
-  script -qec "timeout --foreground $T $CTR task exec -t --exec-id e3 c1 sh -c 'tty; echo exec-tty-done'" /dev/null </dev/null
+  echo "exec user $(tmo $CTR task exec --user 65534 --exec-id e4 c1 id -u </dev/null)"
+  script -qec "timeout --foreground -k 10 $T $CTR task exec -t --exec-id e3 c1 sh -c 'tty; echo exec-tty-done'" /dev/null </dev/null
   husk_task_gone c1
 }
 
 s_sigterm() {
-  $CTR run --runtime $KATA -d $IMAGE k1 sh -c 'trap "exit 0" TERM; while true; do sleep 1; done' || return 1
+  tmo $CTR run --runtime $KATA -d $IMAGE k1 sh -c 'trap "exit 0" TERM; while true; do sleep 1; done' || return 1
   sleep 1
   $CTR task kill k1
   for _ in $(seq 50); do
@@ -109,11 +134,11 @@ s_sigterm() {
 }
 
 s_two() {
-  $CTR run --runtime $KATA -d $IMAGE p1 sleep 600 || return 1
-  $CTR run --runtime $KATA -d $IMAGE p2 sleep 600 || return 1
+  tmo $CTR run --runtime $KATA -d $IMAGE p1 sleep 600 || return 1
+  tmo $CTR run --runtime $KATA -d $IMAGE p2 sleep 600 || return 1
   $CTR task ls | awk '$1=="p1"||$1=="p2"{print "ls:", $1, $3}'
   echo "vmms: $(pgrep -xc husk-vmm)"
-  timeout "$T" $CTR task exec --exec-id x p2 echo p2 answers </dev/null
+  tmo $CTR task exec --exec-id x p2 echo p2 answers </dev/null
   for c in p1 p2; do husk_task_gone $c; done
 }
 
@@ -129,8 +154,8 @@ s_events() {
   $CTR events > "$WORK/events" 2>&1 &
   local ev=$!
   sleep 1
-  $CTR run --runtime $KATA -d $IMAGE ev1 sleep 600 || return 1
-  timeout "$T" $CTR task exec --exec-id ex1 ev1 true </dev/null
+  tmo $CTR run --runtime $KATA -d $IMAGE ev1 sleep 600 || return 1
+  tmo $CTR task exec --exec-id ex1 ev1 true </dev/null
   $CTR task metrics ev1 2>&1 | sed 's/^/metrics /'
   husk_task_gone ev1
   sleep 1
@@ -139,7 +164,7 @@ s_events() {
 }
 
 s_attach() {
-  $CTR run --runtime $KATA -d $IMAGE a1 sh -c 'i=0; while true; do i=$((i+1)); echo "tick $i"; sleep 0.3; done' || return 1
+  tmo $CTR run --runtime $KATA -d $IMAGE a1 sh -c 'i=0; while true; do i=$((i+1)); echo "tick $i"; sleep 0.3; done' || return 1
   sleep 2
   # ctr attach runs until the task ends: stop it after a while, then look at what it got.
   timeout -s KILL 4 $CTR task attach a1 </dev/null > "$WORK/attach.out" 2>&1
@@ -150,11 +175,11 @@ s_attach() {
 s_pod() {
   # Containers that CRI puts in one sandbox share its shim and VM.
   local a=--annotation
-  $CTR run --runtime $KATA -d $a io.kubernetes.cri.sandbox-id=podA $IMAGE podA sleep 600 || return 1
-  $CTR run --runtime $KATA -d $a io.kubernetes.cri.sandbox-id=podA $IMAGE w1 sleep 600 || return 1
+  tmo $CTR run --runtime $KATA -d $a io.kubernetes.cri.sandbox-id=podA $IMAGE podA sleep 600 || return 1
+  tmo $CTR run --runtime $KATA -d $a io.kubernetes.cri.sandbox-id=podA $IMAGE w1 sleep 600 || return 1
   echo "vmms: $(pgrep -xc husk-vmm)"
   echo "shims: $(pgrep -fc containerd-shim-kata-v2)"
-  timeout "$T" $CTR task exec --exec-id x w1 sh -c 'echo "w1 in pod"' </dev/null
+  tmo $CTR task exec --exec-id x w1 sh -c 'echo "w1 in pod"' </dev/null
   for c in w1 podA; do
     husk_task_gone $c
     echo "after deleting $c: vmms $(pgrep -xc husk-vmm)"
@@ -164,10 +189,10 @@ s_pod() {
 s_restart() {
   # containerd restarts while a husk container runs: it finds the shim again (the bundle's
   # address file) and the task keeps working, events included.
-  $CTR run --runtime $KATA -d $IMAGE r1 sleep 600 || return 1
+  tmo $CTR run --runtime $KATA -d $IMAGE r1 sleep 600 || return 1
   husk_ctrd_restart || return 1
   echo "after restart: $($CTR task ls | awk '$1=="r1"{print $3}')"
-  timeout "$T" $CTR task exec --exec-id x r1 echo r1 answers </dev/null
+  tmo $CTR task exec --exec-id x r1 echo r1 answers </dev/null
   $CTR events > "$WORK/restart-events" 2>&1 &
   local ev=$!
   sleep 1
@@ -184,7 +209,7 @@ s_restart() {
 s_shim_crash() {
   # A shim killed with SIGKILL: containerd runs `containerd-shim-kata-v2 delete`, which must
   # remove the VM, the mounts and the directories the dead shim left.
-  $CTR run --runtime $KATA -d $IMAGE cr1 sleep 600 || return 1
+  tmo $CTR run --runtime $KATA -d $IMAGE cr1 sleep 600 || return 1
   echo "vmms before: $(pgrep -xc husk-vmm)"
   pkill -9 -f containerd-shim-kata-v2
   for _ in $(seq 50); do
