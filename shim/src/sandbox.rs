@@ -4,7 +4,9 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::IntoRawFd;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -50,6 +52,9 @@ pub struct SandboxConfig {
     /// virtio-fs cache mode of the volumes (`never`, `auto`, `always`); husk-vmm's default
     /// when `None`.
     pub fs_cache: Option<String>,
+    /// A cgroup's `cgroup.procs`: the VMM joins that cgroup before it runs, so that everything
+    /// it allocates is charged there.
+    pub cgroup_procs: Option<PathBuf>,
 }
 
 /// `HOSTDIR:GUESTDIR[:ro]`.
@@ -225,6 +230,29 @@ impl Sandbox {
         }
         if !params.is_empty() {
             cmd.args(["--append", &params.join(" ")]);
+        }
+        if let Some(procs) = &config.cgroup_procs {
+            let procs = std::ffi::CString::new(procs.as_os_str().as_bytes()).map_err(|_| {
+                SandboxError::Spawn(config.vmm.clone(), std::io::ErrorKind::InvalidInput.into())
+            })?;
+            // SAFETY: between fork and exec only async-signal-safe calls (open, write, close) on
+            // memory prepared before the fork.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                    if fd < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    // "0" is the writing process itself.
+                    let n = libc::write(fd, b"0".as_ptr().cast(), 1);
+                    let err = std::io::Error::last_os_error();
+                    libc::close(fd);
+                    if n != 1 {
+                        return Err(err);
+                    }
+                    Ok(())
+                });
+            }
         }
         let child = match cmd.spawn() {
             Ok(c) => c,

@@ -287,8 +287,9 @@ impl TaskService {
         sandbox_dir(&self.namespace, &self.sandbox_id)
     }
 
-    /// Boots the sandbox VM from configuration.toml.
-    fn boot(&self) -> TResult<Arc<Vm>> {
+    /// Boots the sandbox VM from configuration.toml, in the cgroup the first container's spec
+    /// names (`spec_cgroup`).
+    fn boot(&self, spec_cgroup: Option<&str>) -> TResult<Arc<Vm>> {
         let cfg = config::load(self.config_path.as_deref())
             .map_err(|e| status(Code::INVALID_ARGUMENT, e.to_string()))?;
         for w in &cfg.warnings {
@@ -329,6 +330,19 @@ impl TaskService {
         let share = dir.join("shared");
         std::fs::create_dir_all(&share)
             .map_err(|e| status(Code::INTERNAL, format!("{}: {e}", share.display())))?;
+        let cgroup = crate::cgroup::sandbox_path(spec_cgroup, &self.namespace, &self.sandbox_id);
+        // Recorded first, so that every cleanup (this one's failure, a crash) finds it.
+        let _ = std::fs::write(dir.join("cgroup"), &cgroup);
+        let cgroup_procs = crate::cgroup::create(&cgroup).map_err(|e| {
+            remove_sandbox_dir(&dir);
+            status(Code::FAILED_PRECONDITION, e.to_string())
+        })?;
+        if cgroup_procs.is_none() {
+            tracing::warn!("no cgroup v2 hierarchy: the VMM stays in the shim's cgroup");
+        }
+        if cfg.runtime.sandbox_cgroup_only {
+            tracing::info!(%cgroup, "sandbox_cgroup_only: the VMM is in the sandbox cgroup; the shim stays in its own");
+        }
         let mut params = hv.kernel_params.clone();
         if hv.enable_debug || cfg.runtime.enable_debug {
             params.push_str(" agent.log=debug");
@@ -348,6 +362,7 @@ impl TaskService {
             }],
             runtime_dir: Some(dir.join("vm")),
             fs_cache: Some(hv.virtio_fs_cache.clone()),
+            cgroup_procs,
         };
         let log: Box<dyn Write + Send> = Box::new(AgentLog);
         let sandbox = Sandbox::start(&sb_config, log).map_err(|e| {
@@ -622,6 +637,24 @@ fn copy_output(agent: &AgentServiceClient, cid: &str, eid: &str, stderr: bool, p
     }
 }
 
+/// Container ids become file names in the sandbox share: only containerd's own id alphabet.
+fn check_id(id: &str) -> TResult<()> {
+    let ok = !id.is_empty()
+        && id.len() <= 76
+        && !id.starts_with('.')
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(status(
+            Code::INVALID_ARGUMENT,
+            format!("bad container id {id:?}: use 1 to 76 letters, digits, '-', '_' or '.', not starting with '.'"),
+        ))
+    }
+}
+
 fn copy_input(agent: &AgentServiceClient, cid: &str, eid: &str, path: &str) {
     let close = pb::CloseStdinRequest {
         container_id: cid.into(),
@@ -818,6 +851,10 @@ fn remove_sandbox_dir(dir: &Path) {
     let _ = std::fs::remove_dir_all(dir.join("vm"));
     let _ = std::fs::remove_dir(dir.join("shared"));
     let _ = std::fs::remove_file(dir.join("vmm.pid"));
+    if let Ok(cgroup) = std::fs::read_to_string(dir.join("cgroup")) {
+        crate::cgroup::remove(cgroup.trim());
+        let _ = std::fs::remove_file(dir.join("cgroup"));
+    }
     let _ = std::fs::remove_dir(dir);
 }
 
@@ -844,6 +881,8 @@ impl Task for TaskHandle {
                 "husk cannot restore checkpoints",
             ));
         }
+        // The id names directories of the share: nothing that could climb out of it.
+        check_id(&req.id)?;
         let mut st = self.state.lock().expect("state lock");
         if st.containers.contains_key(&req.id) {
             return Err(status(
@@ -854,7 +893,10 @@ impl Task for TaskHandle {
         let vm = match &st.vm {
             Some(vm) => vm.clone(),
             None => {
-                let vm = self.boot()?;
+                let spec_cgroup = spec::read_bundle_spec(Path::new(&req.bundle))
+                    .ok()
+                    .and_then(|s| s["linux"]["cgroupsPath"].as_str().map(str::to_string));
+                let vm = self.boot(spec_cgroup.as_deref())?;
                 st.vm = Some(vm.clone());
                 self.0.watch_oom(&vm);
                 vm
@@ -1364,6 +1406,25 @@ mod tests {
         let (f, d) = mount_options(&o(&["rbind", "rw"]));
         assert_eq!(f, libc::MS_BIND | libc::MS_REC);
         assert!(d.is_empty());
+    }
+
+    #[test]
+    fn container_ids_cannot_leave_the_share() {
+        for good in ["c1", "a.b-c_d", &"x".repeat(76)] {
+            assert!(check_id(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            "../x",
+            "a/b",
+            ".hidden",
+            "a b",
+            &"x".repeat(77),
+        ] {
+            assert!(check_id(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -51,6 +51,8 @@ leftovers() {
   ls -A /run/husk/s 2>/dev/null | sed 's/^/sandbox dir /'
   grep -E '/run/husk|kata-containers' /proc/mounts | sed 's/^/mount /'
   find /run/containerd/s -type s 2>/dev/null | sed 's/^/socket /'
+  # Sandbox cgroups: under containerd's namespace (ctr's cgroupsPath is /NAMESPACE/ID).
+  find "/sys/fs/cgroup/$CTRD_NAMESPACE" -mindepth 1 -type d 2>/dev/null | sed 's/^/cgroup /'
 }
 
 s_echo() { run --rm $IMAGE e1 echo hello from husk </dev/null; }
@@ -138,6 +140,9 @@ s_two() {
   tmo $CTR run --runtime $KATA -d $IMAGE p2 sleep 600 || return 1
   $CTR task ls | awk '$1=="p1"||$1=="p2"{print "ls:", $1, $3}'
   echo "vmms: $(pgrep -xc husk-vmm)"
+  # Each VMM runs in its sandbox's cgroup, where runc would have put the container.
+  local p
+  for p in $(pgrep -x husk-vmm); do echo "vmm cgroup $(cut -d: -f3 /proc/$p/cgroup)"; done
   tmo $CTR task exec --exec-id x p2 echo p2 answers </dev/null
   for c in p1 p2; do husk_task_gone $c; done
 }
@@ -206,6 +211,24 @@ s_restart() {
   $CTR task delete r1 >/dev/null && $CTR container delete r1
 }
 
+s_vmm_killed() {
+  # The VM dies under a running container: the task stops with status 255, containerd can
+  # delete it, and nothing is left behind.
+  tmo $CTR run --runtime $KATA -d $IMAGE vk1 sleep 600 || return 1
+  pkill -9 -x husk-vmm
+  local st=""
+  for _ in $(seq 50); do
+    st=$($CTR task ls | awk '$1=="vk1"{print $3}')
+    [ "$st" = STOPPED ] && break
+    sleep 0.2
+  done
+  echo "after the VMM died: $st"
+  $CTR task delete vk1
+  echo "delete status $?"
+  $CTR container delete vk1
+  leftovers
+}
+
 s_shim_crash() {
   # A shim killed with SIGKILL: containerd runs `containerd-shim-kata-v2 delete`, which must
   # remove the VM, the mounts and the directories the dead shim left.
@@ -243,7 +266,7 @@ s_missing_kernel() {
   $CTR container delete b2 2>/dev/null
 }
 
-scenarios=${*:-echo exit_status stdin tty oci update oom big_output exec events attach sigterm two pod restart bad_config missing_kernel shim_crash cleanup}
+scenarios=${*:-echo exit_status stdin tty oci update oom big_output exec events attach sigterm two pod restart bad_config missing_kernel vmm_killed shim_crash cleanup}
 for s in $scenarios; do
   echo "=== begin $s"
   "s_$s" 2>&1

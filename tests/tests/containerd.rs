@@ -125,6 +125,19 @@ fn two_containers_run_at_once_in_two_vms() {
     assert!(s.output.contains("ls: p2 RUNNING"), "{}", s.output);
     assert_eq!(s.after("vmms: "), "2", "{}", s.output);
     assert!(s.output.contains("p2 answers"), "{}", s.output);
+    let cgroups: Vec<&str> = s
+        .output
+        .lines()
+        .filter_map(|l| l.strip_prefix("vmm cgroup /"))
+        .collect();
+    assert_eq!(cgroups.len(), 2, "{}", s.output);
+    for c in ["p1", "p2"] {
+        assert!(
+            cgroups.iter().any(|g| g.ends_with(&format!("/{c}"))),
+            "{}",
+            s.output
+        );
+    }
 }
 
 #[test]
@@ -135,6 +148,24 @@ fn a_restarted_containerd_finds_the_running_task_again() {
     assert!(s.output.contains("r1 answers"), "{}", s.output);
     // The shim's events reach the new containerd.
     assert!(s.output.contains("event /tasks/exit"), "{}", s.output);
+}
+
+#[test]
+fn a_dead_vm_stops_its_tasks_and_leaves_nothing() {
+    let s = section("vmm_killed");
+    assert_eq!(s.status, 0, "{}", s.output);
+    assert_eq!(s.after("after the VMM died: "), "STOPPED", "{}", s.output);
+    assert_eq!(s.after("delete status "), "0", "{}", s.output);
+    let leftovers: Vec<&str> = s
+        .output
+        .lines()
+        .filter(|l| {
+            ["vmm pid", "sandbox dir", "mount ", "cgroup "]
+                .iter()
+                .any(|p| l.starts_with(p))
+        })
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}\n{}", s.output);
 }
 
 #[test]
@@ -222,7 +253,7 @@ fn a_killed_shim_is_cleaned_up_by_delete() {
         .output
         .lines()
         .filter(|l| {
-            ["vmm pid", "sandbox dir", "mount ", "socket "]
+            ["vmm pid", "sandbox dir", "mount ", "socket ", "cgroup "]
                 .iter()
                 .any(|p| l.starts_with(p))
         })

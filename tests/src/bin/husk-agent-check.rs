@@ -32,6 +32,7 @@ fn config(vcpus: u8) -> SandboxConfig {
         volumes: Vec::new(),
         runtime_dir: None,
         fs_cache: None,
+        cgroup_procs: None,
     }
 }
 

@@ -210,6 +210,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
         volumes: args.volumes,
         runtime_dir: None,
         fs_cache: None,
+        cgroup_procs: None,
     };
     let log: Box<dyn Write + Send> = if args.debug {
         Box::new(std::io::stderr())
