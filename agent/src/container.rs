@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex};
 
 use libcgroups::common::{
     create_cgroup_manager, AnyCgroupManager, CgroupConfig, CgroupManager, ControllerOpt,
+    FreezerState,
 };
 use libcontainer::oci_spec::runtime::LinuxResources;
 
@@ -217,6 +218,18 @@ impl Containers {
         manager
             .apply(&opt)
             .map_err(|e| ProcessError::Runtime(format!("cannot update container {id}: {e}")))
+    }
+
+    /// Freezes or thaws every process of container `id` (its cgroup's freezer).
+    pub fn freeze(&self, id: &str, frozen: bool) -> Result<(), ProcessError> {
+        let state = if frozen {
+            FreezerState::Frozen
+        } else {
+            FreezerState::Thawed
+        };
+        self.cgroup_manager(id)?.freeze(state).map_err(|e| {
+            ProcessError::Runtime(format!("cannot freeze or thaw container {id}: {e}"))
+        })
     }
 
     /// The pids of every process in container `id`'s cgroup.

@@ -170,6 +170,13 @@ impl AgentService for Agent {
         Ok(Empty::new())
     }
 
+    fn freeze_container(&self, _: &TtrpcContext, req: FreezeContainerRequest) -> Result<Empty> {
+        self.containers
+            .freeze(&req.container_id, req.frozen)
+            .map_err(rpc_error)?;
+        Ok(Empty::new())
+    }
+
     fn list_processes(
         &self,
         _: &TtrpcContext,

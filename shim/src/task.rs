@@ -122,6 +122,8 @@ enum Phase {
 
 struct ProcState {
     phase: Phase,
+    /// Frozen by Pause (a running container's init only).
+    paused: bool,
     exit_status: u32,
     exited_at: Option<Timestamp>,
 }
@@ -155,6 +157,7 @@ impl Proc {
             spec: Vec::new(),
             state: Mutex::new(ProcState {
                 phase: Phase::Created,
+                paused: false,
                 exit_status: 0,
                 exited_at: None,
             }),
@@ -184,6 +187,7 @@ impl Proc {
             pid: self.pid,
             status: match st.phase {
                 Phase::Created => Status::CREATED,
+                Phase::Running if st.paused => Status::PAUSED,
                 Phase::Running => Status::RUNNING,
                 Phase::Stopped => Status::STOPPED,
             }
@@ -386,6 +390,35 @@ impl TaskService {
                 tracing::info!(sandbox = %self.sandbox_id, "sandbox VM stopped");
             }
         }
+    }
+
+    /// Freezes (Pause) or thaws (Resume) every process of a running container, in the guest.
+    fn freeze(&self, id: &str, frozen: bool) -> TResult<()> {
+        let (p, _) = self.proc(id, "")?;
+        if p.phase() != Phase::Running {
+            return Err(status(
+                Code::FAILED_PRECONDITION,
+                format!("container {id} is not running"),
+            ));
+        }
+        let vm = self.vm()?;
+        let r = pb::FreezeContainerRequest {
+            container_id: id.into(),
+            frozen,
+            ..Default::default()
+        };
+        vm.sandbox.agent.freeze_container(ctx(), &r).map_err(|e| {
+            agent_error(
+                if frozen {
+                    "cannot pause the container"
+                } else {
+                    "cannot resume the container"
+                },
+                e,
+            )
+        })?;
+        p.state.lock().expect("proc lock").paused = frozen;
+        Ok(())
     }
 
     fn vm(&self) -> TResult<Arc<Vm>> {
@@ -1123,18 +1156,22 @@ impl Task for TaskHandle {
         })
     }
 
-    fn pause(&self, _: &TtrpcContext, _: PauseRequest) -> TResult<Empty> {
-        Err(status(
-            Code::UNIMPLEMENTED,
-            "husk cannot pause containers yet",
-        ))
+    fn pause(&self, _: &TtrpcContext, req: PauseRequest) -> TResult<Empty> {
+        self.freeze(&req.id, true)?;
+        self.publish(TaskPaused {
+            container_id: req.id,
+            ..Default::default()
+        });
+        Ok(Empty::new())
     }
 
-    fn resume(&self, _: &TtrpcContext, _: ResumeRequest) -> TResult<Empty> {
-        Err(status(
-            Code::UNIMPLEMENTED,
-            "husk cannot resume containers yet",
-        ))
+    fn resume(&self, _: &TtrpcContext, req: ResumeRequest) -> TResult<Empty> {
+        self.freeze(&req.id, false)?;
+        self.publish(TaskResumed {
+            container_id: req.id,
+            ..Default::default()
+        });
+        Ok(Empty::new())
     }
 
     fn checkpoint(&self, _: &TtrpcContext, _: CheckpointTaskRequest) -> TResult<Empty> {
@@ -1189,6 +1226,12 @@ impl Task for TaskHandle {
             return Err(status(
                 Code::FAILED_PRECONDITION,
                 format!("container {} is not running", req.id),
+            ));
+        }
+        if c.init.state.lock().expect("proc lock").paused {
+            return Err(status(
+                Code::FAILED_PRECONDITION,
+                format!("container {} is paused: resume it first", req.id),
             ));
         }
         let spec = req

@@ -99,6 +99,27 @@ s_update() {
   husk_task_gone u1
 }
 
+s_pause() {
+  # ctr task pause/resume: the guest freezes the container's cgroup.
+  $CTR events > "$WORK/pause-events" 2>&1 &
+  local ev=$!
+  sleep 1
+  tmo $CTR run --runtime $KATA -d $IMAGE pz1 sleep 600 || return 1
+  $CTR task pause pz1
+  echo "pause status $?"
+  echo "ls: $($CTR task ls | awk '$1=="pz1"{print $3}')"
+  tmo $CTR task exec --exec-id x pz1 true </dev/null
+  echo "exec while paused $?"
+  $CTR task resume pz1
+  echo "resume status $?"
+  echo "ls: $($CTR task ls | awk '$1=="pz1"{print $3}')"
+  tmo $CTR task exec --exec-id y pz1 echo pz1 answers </dev/null
+  husk_task_gone pz1
+  sleep 1
+  kill $ev
+  grep -o -E "/tasks/(paused|resumed)" "$WORK/pause-events" | sed 's/^/event /'
+}
+
 s_oom() {
   # A container over its memory limit is killed in the guest; containerd hears of it.
   $CTR events > "$WORK/oom-events" 2>&1 &
@@ -266,7 +287,7 @@ s_missing_kernel() {
   $CTR container delete b2 2>/dev/null
 }
 
-scenarios=${*:-echo exit_status stdin tty oci update oom big_output exec events attach sigterm two pod restart bad_config missing_kernel vmm_killed shim_crash cleanup}
+scenarios=${*:-echo exit_status stdin tty oci update pause oom big_output exec events attach sigterm two pod restart bad_config missing_kernel vmm_killed shim_crash cleanup}
 for s in $scenarios; do
   echo "=== begin $s"
   "s_$s" 2>&1

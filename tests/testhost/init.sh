@@ -115,12 +115,17 @@ exec 3<&- 4<&-
 cd -- "$1" || { echo "husk-testhost: the working directory $1 does not exist inside the test host" >&2; exit 125; }
 exec /usr/bin/env -i "${envs[@]}" "${argv[@]}"
 '
+# A heartbeat for the host: run.sh kills a test host whose heartbeat stops (an L1 that stalls
+# under emulation stops everything, timeouts included).
+( while :; do echo beat >/io/heartbeat; sleep 5; done ) &
+heartbeat=$!
 stdin=/dev/null
 [ -f /io/stdin ] && stdin=/io/stdin
 [ -x $r/bin/bash ] || fail "the host has no /bin/bash"
 chroot $r /bin/bash -c "$runner" husk-runner "$(cat /io/cwd)" \
   3</io/argv 4</io/env <"$stdin" >>/io/stdout 2>>/io/stderr
 status=$?
+kill "$heartbeat" 2>/dev/null
 echo "$status" >/io/status
 
 mark "stage 6/6: command exited with status $status"

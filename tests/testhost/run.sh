@@ -28,9 +28,12 @@ OPTIONAL_MODULES="tun veth llc stp bridge sch_ingress cls_u32 act_mirred"
 PACKAGES="qemu-system-x86 busybox-static cpio xz-utils lz4"
 
 # Exit statuses of our own (as timeout(1) and env(1) use them): 124 timed out, 125 run.sh or the
-# test host failed.
+# test host failed, 123 the test host stalled (its heartbeat stopped; rerunning may help).
 EXIT_TIMEOUT=124
 EXIT_HOST=125
+EXIT_STALL=123
+# Seconds without a heartbeat from the running test host before it counts as stalled.
+STALL_S=${HUSK_TESTHOST_STALL:-120}
 
 say() { echo "husk-testhost: $*" >&2; }
 die() { say "$*"; exit "$EXIT_HOST"; }
@@ -405,8 +408,24 @@ run_in_vm() {
     tail_pids+=($!)
   fi
 
+  # The stall watchdog: the test host touches io/heartbeat every 5 s while the command runs.
+  (
+    while kill -0 "$vm_pid" 2>/dev/null; do
+      sleep 5
+      [ -f "$io/heartbeat" ] || continue
+      if [ $(($(date +%s) - $(stat -c %Y "$io/heartbeat"))) -gt "$STALL_S" ]; then
+        : >"$tmp/stalled"
+        kill -TERM "$vm_pid" 2>/dev/null || true
+        exit 0
+      fi
+    done
+  ) &
+  local watchdog=$!
+
   local vm_rc=0
   wait "$vm_pid" || vm_rc=$?
+  kill "$watchdog" 2>/dev/null || true
+  wait "$watchdog" 2>/dev/null || true
   vm_pid=""
   local p
   for p in "${tail_pids[@]}"; do
@@ -414,6 +433,11 @@ run_in_vm() {
   done
   tail_pids=()
 
+  if [ -f "$tmp/stalled" ] && [ ! -f "$io/status" ]; then
+    say "the test host stalled: no heartbeat for ${STALL_S}s while the command ran; the VM was killed"
+    console_tail 5
+    exit "$EXIT_STALL"
+  fi
   if [ "$vm_rc" = 124 ] || [ "$vm_rc" = 137 ] && [ ! -f "$io/status" ]; then
     say "timed out after ${timeout_s}s (HUSK_TESTHOST_TIMEOUT=${HUSK_TESTHOST_TIMEOUT:-600}); the test host VM was killed"
     console_tail 5

@@ -88,6 +88,30 @@ fn ctr_task_update_and_ps_reach_the_guest() {
 }
 
 #[test]
+fn ctr_task_pause_and_resume_freeze_the_container() {
+    let s = section("pause");
+    assert_eq!(s.status, 0, "{}", s.output);
+    assert_eq!(s.after("pause status "), "0", "{}", s.output);
+    let states: Vec<&str> = s
+        .output
+        .lines()
+        .filter_map(|l| l.strip_prefix("ls: "))
+        .collect();
+    assert_eq!(states, ["PAUSED", "RUNNING"], "{}", s.output);
+    // A paused container takes no new process, and says why.
+    assert!(
+        s.output.contains("is paused: resume it first"),
+        "{}",
+        s.output
+    );
+    assert_ne!(s.after("exec while paused "), "0", "{}", s.output);
+    assert_eq!(s.after("resume status "), "0", "{}", s.output);
+    assert!(s.output.contains("pz1 answers"), "{}", s.output);
+    assert!(s.output.contains("event /tasks/paused"), "{}", s.output);
+    assert!(s.output.contains("event /tasks/resumed"), "{}", s.output);
+}
+
+#[test]
 fn an_out_of_memory_kill_is_a_task_oom_event() {
     let s = section("oom");
     assert!(s.output.contains("filling"), "{}", s.output);
