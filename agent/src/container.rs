@@ -50,18 +50,11 @@ fn cgroup_dir(cgroup: &str) -> PathBuf {
 
 /// Container and exec ids become file names: refuse anything that is not a plain name.
 pub fn check_id(what: &str, id: &str) -> Result<(), ProcessError> {
-    let ok = !id.is_empty()
-        && id.len() <= 128
-        && id != "."
-        && id != ".."
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
-    if ok {
+    if husk_agent_protocol::is_plain_name(id, 128) {
         Ok(())
     } else {
         Err(ProcessError::BadRequest(format!(
-            "bad {what} {id:?}: use 1 to 128 letters, digits, '-', '_' or '.'"
+            "bad {what} {id:?}: use 1 to 128 letters, digits, '-', '_' or '.', not starting with '.'"
         )))
     }
 }

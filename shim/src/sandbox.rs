@@ -25,11 +25,32 @@ pub enum SandboxError {
     #[error("Cannot start husk-vmm ({0})")]
     Spawn(PathBuf, #[source] std::io::Error),
     #[error("husk-vmm exited ({status}) before the agent answered; guest console:\n{console}")]
-    VmmExited { status: String, console: String },
+    VmmExited {
+        status: String,
+        console: String,
+        /// The guest reset or crashed (husk-vmm's exit statuses 3 and 4), as opposed to a VMM
+        /// that could not start it.
+        guest_failed: bool,
+    },
     #[error("The agent did not answer within {0:?} (last attempt: {1}); guest console:\n{2}")]
     Timeout(Duration, String, String),
     #[error("Agent call failed")]
     Agent(#[source] ttrpc::Error),
+}
+
+impl SandboxError {
+    /// The guest itself did not come up (it reset or crashed before its agent answered, or its
+    /// agent never answered), although the VMM ran: a fresh boot may well succeed.
+    pub fn guest_failed_to_boot(&self) -> bool {
+        matches!(
+            self,
+            SandboxError::Timeout(..)
+                | SandboxError::VmmExited {
+                    guest_failed: true,
+                    ..
+                }
+        )
+    }
 }
 
 /// What the VM gets.
@@ -303,6 +324,7 @@ fn connect(
             }
             let err = err.trim();
             return Err(SandboxError::VmmExited {
+                guest_failed: matches!(status.code(), Some(3 | 4)),
                 status: if err.is_empty() {
                     status.to_string()
                 } else {
@@ -400,4 +422,24 @@ fn tail(console: &Path) -> String {
     let text = std::fs::read_to_string(console).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_guest_that_failed_gets_another_boot() {
+        let exited = |guest_failed| SandboxError::VmmExited {
+            status: "exit status: 3".into(),
+            console: String::new(),
+            guest_failed,
+        };
+        assert!(exited(true).guest_failed_to_boot());
+        assert!(!exited(false).guest_failed_to_boot());
+        let timeout = SandboxError::Timeout(Duration::from_secs(1), "x".into(), String::new());
+        assert!(timeout.guest_failed_to_boot());
+        let spawn = SandboxError::Spawn("/x".into(), std::io::ErrorKind::NotFound.into());
+        assert!(!spawn.guest_failed_to_boot());
+    }
 }

@@ -368,14 +368,26 @@ impl TaskService {
             fs_cache: Some(hv.virtio_fs_cache.clone()),
             cgroup_procs,
         };
-        let log: Box<dyn Write + Send> = Box::new(AgentLog);
-        let sandbox = Sandbox::start(&sb_config, log).map_err(|e| {
-            remove_sandbox_dir(&dir);
-            status(
-                Code::FAILED_PRECONDITION,
-                format!("cannot start the sandbox VM: {e}"),
-            )
-        })?;
+        // A guest that resets or hangs before its agent answers gets one more boot: the failure
+        // is logged with its console, and a second one fails the create.
+        let mut attempt = 1;
+        let sandbox = loop {
+            let log: Box<dyn Write + Send> = Box::new(AgentLog);
+            match Sandbox::start(&sb_config, log) {
+                Ok(sandbox) => break sandbox,
+                Err(e) if attempt == 1 && e.guest_failed_to_boot() => {
+                    tracing::warn!(sandbox = %self.sandbox_id, error = %e, "the guest did not boot; booting it again");
+                    attempt += 1;
+                }
+                Err(e) => {
+                    remove_sandbox_dir(&dir);
+                    return Err(status(
+                        Code::FAILED_PRECONDITION,
+                        format!("cannot start the sandbox VM: {e}"),
+                    ));
+                }
+            }
+        };
         let _ = std::fs::write(dir.join("vmm.pid"), sandbox.vmm_pid().to_string());
         tracing::info!(sandbox = %self.sandbox_id, vmm_pid = sandbox.vmm_pid(), "sandbox VM up");
         Ok(Arc::new(Vm { sandbox, share }))
@@ -672,13 +684,8 @@ fn copy_output(agent: &AgentServiceClient, cid: &str, eid: &str, stderr: bool, p
 
 /// Container ids become file names in the sandbox share: only containerd's own id alphabet.
 fn check_id(id: &str) -> TResult<()> {
-    let ok = !id.is_empty()
-        && id.len() <= 76
-        && !id.starts_with('.')
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
-    if ok {
+    // 76 is containerd's own limit.
+    if husk_agent_protocol::is_plain_name(id, 76) {
         Ok(())
     } else {
         Err(status(

@@ -479,13 +479,18 @@ husk_ctrd_restart() {
 
 # husk_task_gone NAME: SIGKILL task NAME, wait until it is STOPPED, delete task and container.
 husk_task_gone() {
-  local st=""
   $CTR task kill -s SIGKILL "$1"
+  echo "after kill $1: $(husk_task_stopped "$1")"
+  $CTR task delete "$1" && $CTR container delete "$1"
+}
+
+# husk_task_stopped NAME: waits (up to 10 s) until task NAME is STOPPED; prints its last state.
+husk_task_stopped() {
+  local st=""
   for _ in $(seq 50); do
     st=$($CTR task ls | awk -v c="$1" '$1==c{print $3}')
     [ "$st" = STOPPED ] && break
     sleep 0.2
   done
-  echo "after kill $1: $st"
-  $CTR task delete "$1" && $CTR container delete "$1"
+  echo "$st"
 }

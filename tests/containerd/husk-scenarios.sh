@@ -147,12 +147,7 @@ s_sigterm() {
   tmo $CTR run --runtime $KATA -d $IMAGE k1 sh -c 'trap "exit 0" TERM; while true; do sleep 1; done' || return 1
   sleep 1
   $CTR task kill k1
-  for _ in $(seq 50); do
-    st=$($CTR task ls | awk '$1=="k1"{print $3}')
-    [ "$st" = STOPPED ] && break
-    sleep 0.2
-  done
-  echo "after SIGTERM: $st"
+  echo "after SIGTERM: $(husk_task_stopped k1)"
   $CTR task delete k1 && $CTR container delete k1
 }
 
@@ -237,13 +232,7 @@ s_vmm_killed() {
   # delete it, and nothing is left behind.
   tmo $CTR run --runtime $KATA -d $IMAGE vk1 sleep 600 || return 1
   pkill -9 -x husk-vmm
-  local st=""
-  for _ in $(seq 50); do
-    st=$($CTR task ls | awk '$1=="vk1"{print $3}')
-    [ "$st" = STOPPED ] && break
-    sleep 0.2
-  done
-  echo "after the VMM died: $st"
+  echo "after the VMM died: $(husk_task_stopped vk1)"
   $CTR task delete vk1
   echo "delete status $?"
   $CTR container delete vk1

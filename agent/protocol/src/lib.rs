@@ -34,3 +34,14 @@ pub const AGENT_PORT: u32 = 1024;
 pub const LOG_PORT: u32 = 1025;
 
 pub use ttrpc;
+
+/// Whether `id` (a container or exec id, which both sides turn into file names) is a plain name:
+/// 1 to `max_len` letters, digits, '-', '_' or '.', not starting with '.'.
+pub fn is_plain_name(id: &str, max_len: usize) -> bool {
+    !id.is_empty()
+        && id.len() <= max_len
+        && !id.starts_with('.')
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
