@@ -31,6 +31,7 @@ use containerd_shim::protos::types::task::ProcessInfo;
 use containerd_shim::publisher::RemotePublisher;
 use husk_agent_protocol::agent as pb;
 use husk_agent_protocol::agent_ttrpc::AgentServiceClient;
+use husk_agent_protocol::health::CheckRequest;
 use husk_agent_protocol::ttrpc as attrpc;
 
 use crate::config;
@@ -631,6 +632,44 @@ impl TaskService {
     }
 }
 
+/// How often the shim asks a sandbox's agent whether it is alive, how long each answer may
+/// take, and how many missed answers in a row mean the guest is gone.
+const HEALTH_PERIOD: Duration = Duration::from_secs(10);
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(10);
+const HEALTH_MISSES: u32 = 3;
+
+/// Kills the VMM of a guest that stopped answering (a hung kernel, a stuck agent): its
+/// processes' waits then fail, their tasks stop with status 255, and containerd can delete them.
+/// A dead VMM needs nothing of this: its connection closes on its own. Ends with the VM.
+fn watch_health(vm: std::sync::Weak<Vm>, sandbox: String) {
+    std::thread::spawn(move || {
+        let mut missed = 0;
+        loop {
+            std::thread::sleep(HEALTH_PERIOD);
+            let Some(vm) = vm.upgrade() else { return };
+            let ctx = attrpc::context::with_timeout(HEALTH_TIMEOUT.as_nanos() as i64);
+            match vm.sandbox.health.check(ctx, &CheckRequest::default()) {
+                Ok(_) => missed = 0,
+                Err(e) => {
+                    missed += 1;
+                    tracing::warn!(%sandbox, missed, error = %rpc_message(&e), "the agent did not answer its health check");
+                }
+            }
+            if missed >= HEALTH_MISSES {
+                tracing::error!(
+                    %sandbox,
+                    console = %vm.sandbox.console_tail(),
+                    "the guest stopped answering: killing its VM"
+                );
+                // SAFETY: kill has no memory preconditions; the pid is our own child's, which is
+                // not reaped before the Vm is dropped, so it cannot name another process.
+                unsafe { libc::kill(vm.sandbox.vmm_pid() as i32, libc::SIGKILL) };
+                return;
+            }
+        }
+    });
+}
+
 /// Agent log lines become shim log lines.
 struct AgentLog;
 
@@ -939,6 +978,7 @@ impl Task for TaskHandle {
                 let vm = self.boot(spec_cgroup.as_deref())?;
                 st.vm = Some(vm.clone());
                 self.0.watch_oom(&vm);
+                watch_health(Arc::downgrade(&vm), self.sandbox_id.clone());
                 vm
             }
         };

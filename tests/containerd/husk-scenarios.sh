@@ -239,6 +239,25 @@ s_vmm_killed() {
   leftovers
 }
 
+s_vmm_hung() {
+  # The VM stops answering without dying (its VMM frozen): the shim's health checks give up on
+  # it, kill it, and the task stops; containerd can delete it.
+  tmo $CTR run --runtime $KATA -d $IMAGE vh1 sleep 600 || return 1
+  pkill -STOP -x husk-vmm
+  local st=""
+  for _ in $(seq 120); do
+    st=$($CTR task ls | awk '$1=="vh1"{print $3}')
+    [ "$st" = STOPPED ] && break
+    sleep 1
+  done
+  echo "after the VMM froze: $st"
+  $CTR task delete vh1
+  echo "delete status $?"
+  $CTR container delete vh1
+  grep -c "the guest stopped answering" "$CTRD_DIR/containerd.log" | sed 's/^/health kills /'
+  leftovers
+}
+
 s_shim_crash() {
   # A shim killed with SIGKILL: containerd runs `containerd-shim-kata-v2 delete`, which must
   # remove the VM, the mounts and the directories the dead shim left.
@@ -276,7 +295,7 @@ s_missing_kernel() {
   $CTR container delete b2 2>/dev/null
 }
 
-scenarios=${*:-echo exit_status stdin tty oci update pause oom big_output exec events attach sigterm two pod restart bad_config missing_kernel vmm_killed shim_crash cleanup}
+scenarios=${*:-echo exit_status stdin tty oci update pause oom big_output exec events attach sigterm two pod restart bad_config missing_kernel vmm_killed vmm_hung shim_crash cleanup}
 for s in $scenarios; do
   echo "=== begin $s"
   "s_$s" 2>&1

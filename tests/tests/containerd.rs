@@ -193,6 +193,25 @@ fn a_dead_vm_stops_its_tasks_and_leaves_nothing() {
 }
 
 #[test]
+fn a_guest_that_stops_answering_is_killed_and_its_task_stops() {
+    let s = section("vmm_hung");
+    assert_eq!(s.status, 0, "{}", s.output);
+    assert_eq!(s.after("after the VMM froze: "), "STOPPED", "{}", s.output);
+    assert_eq!(s.after("delete status "), "0", "{}", s.output);
+    assert_eq!(s.after("health kills "), "1", "{}", s.output);
+    let leftovers: Vec<&str> = s
+        .output
+        .lines()
+        .filter(|l| {
+            ["vmm pid", "sandbox dir", "mount ", "cgroup "]
+                .iter()
+                .any(|p| l.starts_with(p))
+        })
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}\n{}", s.output);
+}
+
+#[test]
 fn a_broken_configuration_names_file_and_key() {
     let s = section("bad_config");
     assert_eq!(s.after("status "), "1", "{}", s.output);
