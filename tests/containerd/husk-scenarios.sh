@@ -280,6 +280,11 @@ s_cleanup() {
   echo "leftovers checked"
 }
 
+s_boot_retries() {
+  # Not a test: for the log (target/testhost-logs), guests that needed a second boot.
+  echo "boot retries: $(grep -c 'the guest did not boot' "$CTRD_DIR/containerd.log")"
+}
+
 s_bad_config() {
   printf '[hypervisor.husk]\ndefault_memory = "lots"\n' > "$WORK/bad.toml"
   run --rm --runtime-config-path "$WORK/bad.toml" $IMAGE b1 true </dev/null
@@ -295,7 +300,7 @@ s_missing_kernel() {
   $CTR container delete b2 2>/dev/null
 }
 
-scenarios=${*:-echo exit_status stdin tty oci update pause oom big_output exec events attach sigterm two pod restart bad_config missing_kernel vmm_killed vmm_hung shim_crash cleanup}
+scenarios=${*:-echo exit_status stdin tty oci update pause oom big_output exec events attach sigterm two pod restart bad_config missing_kernel vmm_killed vmm_hung shim_crash cleanup boot_retries}
 for s in $scenarios; do
   echo "=== begin $s"
   "s_$s" 2>&1

@@ -111,12 +111,14 @@ pub fn testhost_batch(args: &[&str], timeout: &str) -> Batch {
             .current_dir(repo()))
     };
     let mut out = launch();
+    keep_log(args, &out);
     if out.status.code() == Some(STALLED) {
         eprintln!(
             "RETRIED the batch: the test host stalled\n{}",
             String::from_utf8_lossy(&out.stderr)
         );
         out = launch();
+        keep_log(args, &out);
     }
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     if !out.status.success() {
@@ -127,6 +129,32 @@ pub fn testhost_batch(args: &[&str], timeout: &str) -> Batch {
         ));
     }
     Ok(parse_sections(&stdout))
+}
+
+/// Appends a batch's output to target/testhost-logs/NAME.log (NAME from its script), so that
+/// what passing tests do not show (a stalled test host, a retried boot) can be read after a run.
+fn keep_log(args: &[&str], out: &Output) {
+    let name = args
+        .iter()
+        .rev()
+        .find_map(|a| a.rsplit('/').next().filter(|n| n.ends_with(".sh")))
+        .unwrap_or("batch");
+    let dir = repo().join("target/testhost-logs");
+    let _ = std::fs::create_dir_all(&dir);
+    let text = format!(
+        "--- exit {:?}\n--- stdout\n{}\n--- stderr\n{}\n",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    use std::io::Write as _;
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(format!("{name}.log")))
+    {
+        let _ = f.write_all(text.as_bytes());
+    }
 }
 
 /// Scenario `name` of a batch, or a panic that shows why the batch failed or every scenario's
