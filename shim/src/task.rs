@@ -467,11 +467,10 @@ impl TaskService {
         &self,
         vm: &Vm,
         req: &CreateTaskRequest,
+        oci: serde_json::Value,
         mounts: &mut Vec<PathBuf>,
     ) -> TResult<()> {
         let bundle = Path::new(&req.bundle);
-        let oci = spec::read_bundle_spec(bundle)
-            .map_err(|e| status(Code::INVALID_ARGUMENT, e.to_string()))?;
         let host_name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
         let guest = spec::for_guest(&req.id, oci, host_name.trim());
         for d in &guest.dropped {
@@ -969,13 +968,12 @@ impl Task for TaskHandle {
                 format!("container {} already exists", req.id),
             ));
         }
+        let oci = spec::read_bundle_spec(Path::new(&req.bundle))
+            .map_err(|e| status(Code::INVALID_ARGUMENT, e.to_string()))?;
         let vm = match &st.vm {
             Some(vm) => vm.clone(),
             None => {
-                let spec_cgroup = spec::read_bundle_spec(Path::new(&req.bundle))
-                    .ok()
-                    .and_then(|s| s["linux"]["cgroupsPath"].as_str().map(str::to_string));
-                let vm = self.boot(spec_cgroup.as_deref())?;
+                let vm = self.boot(oci["linux"]["cgroupsPath"].as_str())?;
                 st.vm = Some(vm.clone());
                 self.0.watch_oom(&vm);
                 watch_health(Arc::downgrade(&vm), self.sandbox_id.clone());
@@ -983,7 +981,7 @@ impl Task for TaskHandle {
             }
         };
         let mut mounts = Vec::new();
-        if let Err(e) = self.create_in_vm(&vm, &req, &mut mounts) {
+        if let Err(e) = self.create_in_vm(&vm, &req, oci, &mut mounts) {
             remove_container_files(&vm.share, &req.id, &mounts);
             drop(vm);
             self.stop_vm_if_idle(&mut st);

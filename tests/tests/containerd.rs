@@ -21,6 +21,16 @@ fn section(name: &str) -> &'static Section {
     husk_integration::section(batch(), name)
 }
 
+/// The scenario's `leftovers` listing has no line of these kinds.
+fn assert_nothing_left(s: &Section, kinds: &[&str]) {
+    let left: Vec<&str> = s
+        .output
+        .lines()
+        .filter(|l| kinds.iter().any(|k| l.starts_with(k)))
+        .collect();
+    assert!(left.is_empty(), "{left:?}\n{}", s.output);
+}
+
 #[test]
 fn ctr_run_rm_prints_the_output() {
     let s = section("echo");
@@ -180,16 +190,7 @@ fn a_dead_vm_stops_its_tasks_and_leaves_nothing() {
     assert_eq!(s.status, 0, "{}", s.output);
     assert_eq!(s.after("after the VMM died: "), "STOPPED", "{}", s.output);
     assert_eq!(s.after("delete status "), "0", "{}", s.output);
-    let leftovers: Vec<&str> = s
-        .output
-        .lines()
-        .filter(|l| {
-            ["vmm pid", "sandbox dir", "mount ", "cgroup "]
-                .iter()
-                .any(|p| l.starts_with(p))
-        })
-        .collect();
-    assert!(leftovers.is_empty(), "{leftovers:?}\n{}", s.output);
+    assert_nothing_left(s, &["vmm pid", "sandbox dir", "mount ", "cgroup "]);
 }
 
 #[test]
@@ -199,16 +200,7 @@ fn a_guest_that_stops_answering_is_killed_and_its_task_stops() {
     assert_eq!(s.after("after the VMM froze: "), "STOPPED", "{}", s.output);
     assert_eq!(s.after("delete status "), "0", "{}", s.output);
     assert_eq!(s.after("health kills "), "1", "{}", s.output);
-    let leftovers: Vec<&str> = s
-        .output
-        .lines()
-        .filter(|l| {
-            ["vmm pid", "sandbox dir", "mount ", "cgroup "]
-                .iter()
-                .any(|p| l.starts_with(p))
-        })
-        .collect();
-    assert!(leftovers.is_empty(), "{leftovers:?}\n{}", s.output);
+    assert_nothing_left(s, &["vmm pid", "sandbox dir", "mount ", "cgroup "]);
 }
 
 #[test]
@@ -292,16 +284,10 @@ fn a_killed_shim_is_cleaned_up_by_delete() {
     assert_eq!(s.status, 0, "{}", s.output);
     assert_eq!(s.after("vmms before: "), "1", "{}", s.output);
     assert_eq!(s.after("vmms after: "), "0", "{}", s.output);
-    let leftovers: Vec<&str> = s
-        .output
-        .lines()
-        .filter(|l| {
-            ["vmm pid", "sandbox dir", "mount ", "socket ", "cgroup "]
-                .iter()
-                .any(|p| l.starts_with(p))
-        })
-        .collect();
-    assert!(leftovers.is_empty(), "{leftovers:?}\n{}", s.output);
+    assert_nothing_left(
+        s,
+        &["vmm pid", "sandbox dir", "mount ", "socket ", "cgroup "],
+    );
 }
 
 #[test]
