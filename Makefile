@@ -76,8 +76,12 @@ test: deps build guest-image unit-test integration-test
 unit-test:
 	$(CARGO) test --workspace --exclude husk-integration
 
+# The batch logs start empty so that the retry summary counts this run only; the summary is
+# printed whether the tests passed or not, and more than one retry of a kind fails the run.
 integration-test:
-	$(CARGO) test --release -p husk-integration -- --test-threads=1
+	@rm -rf target/testhost-logs
+	@rc=0; $(CARGO) test --release -p husk-integration -- --test-threads=1 || rc=$$?; \
+	tests/retry-summary.sh || rc=1; exit $$rc
 
 bench: deps build guest-image
 	tests/bench/boot.sh

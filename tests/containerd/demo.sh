@@ -16,3 +16,7 @@ $CTR run --rm --runtime io.containerd.kata.v2 docker.io/library/busybox:latest d
 rc=$?
 end=$(date +%s.%N)
 echo "== ctr exited with status $rc after $(echo "$end - $start" | bc) s (including the VM boot, under the test host's emulation)"
+# A guest that had to be booted twice is a failure a safety net hid: say so, and fail the demo.
+retries=$(grep -c 'the guest did not boot' "$CTRD_DIR/containerd.log" || true)
+echo "== boot retries: $retries"
+[ "$rc" = 0 ] && [ "$retries" = 0 ]

@@ -51,10 +51,19 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 
 mark "stage 2/6: loading kernel modules"
+# busybox insmod does not read the kernel command line: pass each MODULE.PARAM=VALUE found there
+# (with - or _ in MODULE) to its module, as modprobe would.
+modopts() {
+  m=$(echo "${1%.ko}" | tr - _)
+  for w in $(cat /proc/cmdline); do
+    case "$(echo "${w%%.*}" | tr - _)" in "$m") echo "${w#*.}" ;; esac
+  done
+}
 failed_modules=""
 while read -r ko; do
   [ -n "$ko" ] || continue
-  insmod "/modules/$ko" || failed_modules="$failed_modules $ko"
+  # shellcheck disable=SC2046
+  insmod "/modules/$ko" $(modopts "$ko") || failed_modules="$failed_modules $ko"
 done </modules/required
 # Extras for network tests: a missing or failing one is not fatal.
 while read -r ko; do

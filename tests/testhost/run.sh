@@ -373,9 +373,11 @@ run_in_vm() {
   append="console=ttyS0 panic=-1 8250.nr_uarts=1"
   [ "${HUSK_TESTHOST_DEBUG:-0}" = 1 ] || append="$append quiet"
   [ "$khz" -gt 0 ] && append="$append tsc_early_khz=$khz"
+  # Extra L1 kernel parameters; MODULE.PARAM=VALUE ones reach the modules init.sh loads.
+  [ -n "${HUSK_TESTHOST_APPEND:-}" ] && append="$append $HUSK_TESTHOST_APPEND"
 
   local qemu=(qemu-system-x86_64
-    -accel tcg,tb-size=256 -cpu EPYC,+svm,+npt
+    -accel "${HUSK_TESTHOST_ACCEL:-tcg,tb-size=256}" -cpu "${HUSK_TESTHOST_CPU:-EPYC,+svm,+npt}"
     -m "${HUSK_TESTHOST_MEM:-4096}" -smp "${HUSK_TESTHOST_CPUS:-2}" -M microvm,rtc=on
     -kernel "$cache_dir/vmlinux" -initrd "$cache_dir/l1.cpio.gz" -append "$append"
     -display none -monitor none -serial "file:$tmp/console.log" -no-reboot -no-user-config

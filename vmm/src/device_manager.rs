@@ -137,6 +137,14 @@ impl DeviceManager {
     }
 
     /// Flushes console output that is still buffered.
+    /// The last line the guest printed on its console.
+    pub fn console_last_line(&self) -> String {
+        self.serial
+            .as_ref()
+            .and_then(|s| s.lock().ok().map(|s| s.last_line()))
+            .unwrap_or_default()
+    }
+
     pub fn flush_console(&self) {
         if let Some(serial) = &self.serial {
             if let Ok(mut s) = serial.lock() {

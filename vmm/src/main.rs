@@ -84,9 +84,7 @@ fn main() -> ExitCode {
         Ok(reason) => {
             match &reason {
                 ExitReason::PowerOff => tracing::info!("guest powered off"),
-                ExitReason::Reset => {
-                    eprintln!("husk-vmm: the guest reset (reboot, kernel panic or triple fault)")
-                }
+                ExitReason::Reset(how) => eprintln!("husk-vmm: the guest reset through {how}"),
                 ExitReason::Crash(why) => eprintln!("husk-vmm: the guest crashed: {why}"),
             }
             ExitCode::from(reason.exit_code() as u8)

@@ -159,7 +159,8 @@ impl VmConfig {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ExitReason {
     PowerOff,
-    Reset,
+    /// How the guest reset (see [`StopReason::Reset`]).
+    Reset(String),
     Crash(String),
 }
 
@@ -168,7 +169,7 @@ impl ExitReason {
     pub fn exit_code(&self) -> i32 {
         match self {
             ExitReason::PowerOff => 0,
-            ExitReason::Reset => 3,
+            ExitReason::Reset(_) => 3,
             ExitReason::Crash(_) => 4,
         }
     }
@@ -306,10 +307,12 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
     }
     // vCPU threads are not joined: they may be inside KVM_RUN; the process exit ends them.
     drop(handles);
+    let last = devices.console_last_line();
+    let with_console = |what: String| format!("{what}; the console's last line: {last:?}");
     Ok(match reason {
         StopReason::PowerOff => ExitReason::PowerOff,
-        StopReason::Reset => ExitReason::Reset,
-        StopReason::Crash(why) => ExitReason::Crash(why),
+        StopReason::Reset(how) => ExitReason::Reset(with_console(how)),
+        StopReason::Crash(why) => ExitReason::Crash(with_console(why)),
     })
 }
 
@@ -413,7 +416,7 @@ mod tests {
     #[test]
     fn exit_codes() {
         assert_eq!(ExitReason::PowerOff.exit_code(), 0);
-        assert_eq!(ExitReason::Reset.exit_code(), 3);
+        assert_eq!(ExitReason::Reset(String::new()).exit_code(), 3);
         assert_eq!(ExitReason::Crash(String::new()).exit_code(), 4);
     }
 }

@@ -9,8 +9,9 @@ pub mod virtio;
 pub enum StopReason {
     /// The guest powered off (ACPI S5).
     PowerOff,
-    /// The guest reset itself: a reboot, a kernel panic (`panic=-1`) or a triple fault.
-    Reset,
+    /// The guest reset: a reboot or a kernel panic (`panic=-1`) through the named device, or a
+    /// triple fault (KVM_EXIT_SHUTDOWN, with the vCPU's registers).
+    Reset(String),
     /// The guest cannot go on: KVM could not run or emulate it.
     Crash(String),
 }

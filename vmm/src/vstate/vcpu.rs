@@ -219,10 +219,10 @@ pub fn run(mut fd: VcpuFd, id: u8, pio: Bus, mmio: Bus, stop: Sender<StopReason>
             Ok(VcpuExit::MmioWrite(addr, data)) => {
                 mmio.write(addr, data);
             }
-            Ok(VcpuExit::Shutdown) => break StopReason::Reset,
+            Ok(VcpuExit::Shutdown) => break StopReason::Reset(triple_fault(&fd, id)),
             Ok(VcpuExit::SystemEvent(kind, _)) => match kind {
                 KVM_SYSTEM_EVENT_SHUTDOWN => break StopReason::PowerOff,
-                KVM_SYSTEM_EVENT_RESET => break StopReason::Reset,
+                KVM_SYSTEM_EVENT_RESET => break StopReason::Reset("a KVM reset event".into()),
                 KVM_SYSTEM_EVENT_CRASH => {
                     break StopReason::Crash("the guest reported a crash".into())
                 }
@@ -254,6 +254,24 @@ pub fn run(mut fd: VcpuFd, id: u8, pio: Bus, mmio: Bus, stop: Sender<StopReason>
     };
     tracing::debug!(vcpu = id, ?reason, "vCPU stopped");
     let _ = stop.send(reason);
+}
+
+/// What a triple fault (KVM_EXIT_SHUTDOWN) left in vCPU `id`: the registers that say where the
+/// guest was, for the log line that reports the reset. KVM on AMD resets the vCPU before it
+/// reports the shutdown, so there they only show the reset vector; on Intel they are the
+/// faulting state.
+fn triple_fault(fd: &VcpuFd, id: u8) -> String {
+    let regs = match (fd.get_regs(), fd.get_sregs()) {
+        (Ok(r), Ok(s)) if r.rip == 0xfff0 && s.cs.selector == 0xf000 => {
+            "KVM already reset the registers (AMD), so they do not show where".to_string()
+        }
+        (Ok(r), Ok(s)) => format!(
+            "rip={:#x} rsp={:#x} rflags={:#x} cs={:#x} cr0={:#x} cr2={:#x} cr3={:#x} cr4={:#x} efer={:#x} idt={:#x}/{:#x}",
+            r.rip, r.rsp, r.rflags, s.cs.selector, s.cr0, s.cr2, s.cr3, s.cr4, s.efer, s.idt.base, s.idt.limit
+        ),
+        (Err(e), _) | (_, Err(e)) => format!("registers unreadable: {e}"),
+    };
+    format!("a triple fault on vCPU {id} (KVM_EXIT_SHUTDOWN): {regs}")
 }
 
 #[cfg(test)]

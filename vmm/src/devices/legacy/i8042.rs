@@ -27,7 +27,9 @@ impl BusDevice for I8042 {
 
     fn write(&mut self, offset: u64, data: &[u8]) {
         if offset == COMMAND_OFFSET && data == [CMD_RESET_CPU] {
-            let _ = self.requests.send(StopReason::Reset);
+            let _ = self
+                .requests
+                .send(StopReason::Reset("the i8042 reset line".into()));
         }
     }
 }
@@ -45,6 +47,6 @@ mod tests {
         dev.write(COMMAND_OFFSET, &[0xd1]);
         assert!(rx.try_recv().is_err());
         dev.write(COMMAND_OFFSET, &[CMD_RESET_CPU]);
-        assert_eq!(rx.try_recv().unwrap(), StopReason::Reset);
+        assert!(matches!(rx.try_recv().unwrap(), StopReason::Reset(_)));
     }
 }

@@ -56,7 +56,9 @@ impl BusDevice for AcpiPower {
                 (v & PM1_SLEEP_ENABLE != 0 && sleep_type == S5_SLEEP_TYPE)
                     .then_some(StopReason::PowerOff)
             }
-            (RESET, [v]) if *v == ACPI_RESET_VALUE => Some(StopReason::Reset),
+            (RESET, [v]) if *v == ACPI_RESET_VALUE => {
+                Some(StopReason::Reset("the ACPI reset register".into()))
+            }
             _ => None,
         };
         if let Some(r) = request {
@@ -95,7 +97,7 @@ mod tests {
         dev.write(RESET, &[0x7]);
         assert!(rx.try_recv().is_err());
         dev.write(RESET, &[ACPI_RESET_VALUE]);
-        assert_eq!(rx.try_recv().unwrap(), StopReason::Reset);
+        assert!(matches!(rx.try_recv().unwrap(), StopReason::Reset(_)));
     }
 
     #[test]

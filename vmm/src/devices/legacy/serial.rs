@@ -18,15 +18,61 @@ impl Trigger for IrqTrigger {
     }
 }
 
+/// The longest console line kept for [`SerialConsole::last_line`]; the rest of a line is dropped.
+const LAST_LINE_MAX: usize = 240;
+
+/// The console output, remembering the last non-empty line that went through it (what a guest
+/// printed just before it reset or hung says most about why).
+struct Output {
+    out: Box<dyn Write + Send>,
+    line: Vec<u8>,
+    last: Vec<u8>,
+}
+
+impl Write for Output {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        for &b in buf {
+            match b {
+                b'\n' | b'\r' => {
+                    if !self.line.is_empty() {
+                        std::mem::swap(&mut self.last, &mut self.line);
+                        self.line.clear();
+                    }
+                }
+                _ if self.line.len() < LAST_LINE_MAX => self.line.push(b),
+                _ => {}
+            }
+        }
+        self.out.write_all(buf)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
+}
+
 pub struct SerialConsole {
-    uart: Serial<IrqTrigger, NoEvents, Box<dyn Write + Send>>,
+    uart: Serial<IrqTrigger, NoEvents, Output>,
 }
 
 impl SerialConsole {
     pub fn new(irq: EventFd, out: Box<dyn Write + Send>) -> Self {
+        let out = Output {
+            out,
+            line: Vec::new(),
+            last: Vec::new(),
+        };
         Self {
             uart: Serial::new(IrqTrigger(irq), out),
         }
+    }
+
+    /// The last line the guest printed (the unfinished one if there is one), lossily decoded.
+    pub fn last_line(&self) -> String {
+        let o = self.uart.writer();
+        let line = if o.line.is_empty() { &o.last } else { &o.line };
+        String::from_utf8_lossy(line).into_owned()
     }
 
     /// Queues host input for the guest to read; returns how many bytes fitted.
@@ -85,6 +131,25 @@ mod tests {
         s.write(0, b"i");
         assert_eq!(&*sink.0.lock().unwrap(), b"hi");
         assert!(irq.read().unwrap() >= 1);
+    }
+
+    #[test]
+    fn the_last_line_is_remembered() {
+        let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let mut s = SerialConsole::new(irq, Box::new(std::io::sink()));
+        assert_eq!(s.last_line(), "");
+        for b in b"first\r\nsecond\r\n\r\n" {
+            s.write(0, &[*b]);
+        }
+        assert_eq!(s.last_line(), "second");
+        for b in b"third, unfinished" {
+            s.write(0, &[*b]);
+        }
+        assert_eq!(s.last_line(), "third, unfinished");
+        for _ in 0..1000 {
+            s.write(0, b"x");
+        }
+        assert_eq!(s.last_line().len(), LAST_LINE_MAX);
     }
 
     #[test]
