@@ -128,13 +128,19 @@ exec /usr/bin/env -i "${envs[@]}" "${argv[@]}"
 # under emulation stops everything, timeouts included).
 ( while :; do echo beat >/io/heartbeat; sleep 5; done ) &
 heartbeat=$!
+# A second one on the console, which does not go through 9p: after a stall, the console shows
+# whether the test host was still alive (its share hung) or stopped altogether.
+( while sleep 30; do
+    echo "husk-testhost: alive, uptime $(cut -d' ' -f1 /proc/uptime) s, load $(cut -d' ' -f1-4 /proc/loadavg)" >/dev/console
+  done ) &
+alive=$!
 stdin=/dev/null
 [ -f /io/stdin ] && stdin=/io/stdin
 [ -x $r/bin/bash ] || fail "the host has no /bin/bash"
 chroot $r /bin/bash -c "$runner" husk-runner "$(cat /io/cwd)" \
   3</io/argv 4</io/env <"$stdin" >>/io/stdout 2>>/io/stderr
 status=$?
-kill "$heartbeat" 2>/dev/null
+kill "$heartbeat" "$alive" 2>/dev/null
 echo "$status" >/io/status
 
 mark "stage 6/6: command exited with status $status"

@@ -319,6 +319,41 @@ cleanup() {
   fi
 }
 
+# After a stall, before the VM is killed: where QEMU's threads spend their time (2 s of CPU
+# ticks per thread) and the L1 vCPUs' registers from QEMU's monitor, so that a stall can be told
+# apart as a guest spinning, a guest waiting, or QEMU itself stuck.
+stall_report() {
+  local qpid t
+  qpid=$(cat "$tmp/qemu.pid" 2>/dev/null || true)
+  [ -n "$qpid" ] && [ -d "/proc/$qpid" ] || return 0
+  ticks() { for t in /proc/"$qpid"/task/*; do echo "$(cat "$t/comm" 2>/dev/null | tr ' ' _) $(awk '{ print $14 + $15 }' "$t/stat" 2>/dev/null)"; done; }
+  ticks >"$tmp/ticks.1"
+  sleep 2
+  ticks >"$tmp/ticks.2"
+  say "QEMU threads' CPU ticks in 2 s:"
+  paste "$tmp/ticks.1" "$tmp/ticks.2" | awk '{ if ($4 - $2 > 0) printf "  | %s %d\n", $1, $4 - $2 }' >&2
+  [ -S "$tmp/monitor.sock" ] || return 0
+  say "L1 vCPU state (QEMU monitor):"
+  timeout 10 python3 - "$tmp/monitor.sock" <<'PY' 2>/dev/null | grep -E '^(CPU|RIP|RAX|RSP|CS |CR0|EFER)|^\* CPU|^  CPU' | sed 's/^/  | /' >&2 || true
+import socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+s.settimeout(5)
+def until_prompt():
+    buf = b""
+    while not buf.endswith(b"(qemu) "):
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        buf += chunk
+    return buf.decode(errors="replace")
+until_prompt()
+for cmd in ("info cpus", "info registers -a"):
+    s.sendall(cmd.encode() + b"\n")
+    print(until_prompt())
+PY
+}
+
 # Prints the last lines of the L1 console to stderr.
 console_tail() {
   [ -s "$tmp/console.log" ] || return 0
@@ -376,12 +411,17 @@ run_in_vm() {
   # Extra L1 kernel parameters; MODULE.PARAM=VALUE ones reach the modules init.sh loads.
   [ -n "${HUSK_TESTHOST_APPEND:-}" ] && append="$append $HUSK_TESTHOST_APPEND"
 
+  # One L1 vCPU: with two, QEMU 7.2's emulation of one CPU changing code or mappings that the
+  # other is running (the L1 kernel patching a jump label in __schedule when KVM creates or
+  # destroys a VM; page-table updates while the other CPU runs an L2 guest under nested paging)
+  # now and then froze the test host or faulted an L2 guest. README.md, "Reliability", has the
+  # measurements.
   local qemu=(qemu-system-x86_64
     -accel "${HUSK_TESTHOST_ACCEL:-tcg,tb-size=256}" -cpu "${HUSK_TESTHOST_CPU:-EPYC,+svm,+npt}"
-    -m "${HUSK_TESTHOST_MEM:-4096}" -smp "${HUSK_TESTHOST_CPUS:-2}" -M microvm,rtc=on
+    -m "${HUSK_TESTHOST_MEM:-4096}" -smp "${HUSK_TESTHOST_CPUS:-1}" -M microvm,rtc=on
     -kernel "$cache_dir/vmlinux" -initrd "$cache_dir/l1.cpio.gz" -append "$append"
-    -display none -monitor none -serial "file:$tmp/console.log" -no-reboot -no-user-config
-    -pidfile "$tmp/qemu.pid"
+    -display none -monitor "unix:$tmp/monitor.sock,server=on,wait=off" -serial "file:$tmp/console.log" -no-reboot -no-user-config
+    -pidfile "$tmp/qemu.pid" -name husk-testhost,debug-threads=on
     -fsdev local,id=fs0,path=/,security_model=none,readonly=on,multidevs=remap
     -device virtio-9p-device,fsdev=fs0,mount_tag=hostroot
     -fsdev "local,id=io,path=$io,security_model=none"
@@ -417,6 +457,7 @@ run_in_vm() {
       [ -f "$io/heartbeat" ] || continue
       if [ $(($(date +%s) - $(stat -c %Y "$io/heartbeat"))) -gt "$STALL_S" ]; then
         : >"$tmp/stalled"
+        stall_report 2>"$tmp/stall-report"
         kill -TERM "$vm_pid" 2>/dev/null || true
         exit 0
       fi
@@ -437,7 +478,9 @@ run_in_vm() {
 
   if [ -f "$tmp/stalled" ] && [ ! -f "$io/status" ]; then
     say "the test host stalled: no heartbeat for ${STALL_S}s while the command ran; the VM was killed"
-    console_tail 5
+    cat "$tmp/stall-report" >&2 2>/dev/null || true
+    # The console holds what explains a stall (soft-lockup traces, a panic): show enough of it.
+    console_tail 60
     exit "$EXIT_STALL"
   fi
   if [ "$vm_rc" = 124 ] || [ "$vm_rc" = 137 ] && [ ! -f "$io/status" ]; then

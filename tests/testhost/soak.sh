@@ -7,6 +7,7 @@
 # Every run prints `soak: run I status S in T s`; a run that fails also prints its last output
 # lines. The summary line is `soak: N runs: P passed, F failed` followed by the statuses seen.
 # Exit status: 0 when every run passed, 1 otherwise. A run is bounded by -t (default 120 s).
+# Each run sees its number in $SOAK_RUN (for unique names).
 set -uo pipefail
 
 per_run=120
@@ -26,10 +27,12 @@ failed=0
 declare -A statuses=()
 for i in $(seq 1 "$n"); do
   start=$EPOCHREALTIME
-  timeout -k 5 "$per_run" "$@" </dev/null >"$out" 2>&1
+  SOAK_RUN=$i timeout -k 5 "$per_run" "$@" </dev/null >"$out" 2>&1
   rc=$?
   took=$(awk -v a="$start" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.2f", b - a }')
-  echo "soak: run $i status $rc in $took s"
+  # The load and the processes left behind: a slow leak shows here long before a stall.
+  read -r load1 _ _ procs _ </proc/loadavg
+  echo "soak: run $i status $rc in $took s (load $load1, tasks $procs, free $(awk '/^MemAvailable/ { print int($2 / 1024) }' /proc/meminfo) MiB)"
   statuses[$rc]=$((${statuses[$rc]:-0} + 1))
   if [ "$rc" = 0 ]; then
     passed=$((passed + 1))
