@@ -82,10 +82,10 @@ pub type Batch = Result<BTreeMap<String, Section>, String>;
 pub fn run_batch(scenarios: &[(&str, String)]) -> Batch {
     // Each scenario gets SCENARIO_TIMEOUT seconds. A scenario that times out, or whose guest
     // died under it (huskctl lost its agent, the guest reset or never answered), is run once
-    // more: those are rare in the emulated test host (cause not yet found; see the closing
-    // notes) and must not fail the whole file. The section then holds the second attempt's
-    // output after a `RETRIED` line; the first attempt goes to stderr, which
-    // target/testhost-logs keeps.
+    // more: a safety net for the emulated test host's own faults (tests/testhost/README.md,
+    // "Reliability"). The section then holds the second attempt's output after a `RETRIED`
+    // line; the first attempt goes to stderr, which target/testhost-logs keeps, and
+    // tests/retry-summary.sh counts every retry at the end of `make test` (more than one fails).
     let mut script = String::from("set +e\ncd \"$HUSK_REPO\"\nout=$(mktemp)\n");
     for (name, cmd) in scenarios {
         let quoted = cmd.replace('\'', "'\\''");

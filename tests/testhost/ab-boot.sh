@@ -34,6 +34,7 @@ boot() {
 for i in $(seq 1 "$n"); do
   boot husk-vmm "$i" "${husk[@]}"
   boot qemu "$i" "${qemu[@]}"
+  echo "ab-boot: pair $i done (husk-vmm ${ok[husk-vmm]:-0} ok, qemu ${ok[qemu]:-0} ok)"
 done
 for name in husk-vmm qemu; do
   echo "ab-boot: $name: $n boots: ${ok[$name]:-0} reached the agent, ${bad[$name]:-0} failed"

@@ -334,7 +334,7 @@ stall_report() {
   paste "$tmp/ticks.1" "$tmp/ticks.2" | awk '{ if ($4 - $2 > 0) printf "  | %s %d\n", $1, $4 - $2 }' >&2
   [ -S "$tmp/monitor.sock" ] || return 0
   say "L1 vCPU state (QEMU monitor):"
-  timeout 10 python3 - "$tmp/monitor.sock" <<'PY' 2>/dev/null | grep -E '^(CPU|RIP|RAX|RSP|CS |CR0|EFER)|^\* CPU|^  CPU' | sed 's/^/  | /' >&2 || true
+  timeout 10 python3 - "$tmp/monitor.sock" <<'PY' 2>/dev/null | grep -E '^(CPU|RIP|RAX|RSP|CS |CR0|EFER)|^\* CPU|^  CPU|^dumping|^LVT|^Timer|^SPIV|^ISR|^IRR|^ESR|^ICR' | sed 's/^/  | /' >&2 || true
 import socket, sys
 s = socket.socket(socket.AF_UNIX)
 s.connect(sys.argv[1])
@@ -348,7 +348,7 @@ def until_prompt():
         buf += chunk
     return buf.decode(errors="replace")
 until_prompt()
-for cmd in ("info cpus", "info registers -a"):
+for cmd in ("info cpus", "info registers -a", "info lapic"):
     s.sendall(cmd.encode() + b"\n")
     print(until_prompt())
 PY
