@@ -67,8 +67,11 @@ impl Section {
 /// tests/testhost/run.sh's exit status for a test host that stalled.
 const STALLED: i32 = 123;
 
-/// What huskctl prints when the guest died under it.
-const GUEST_DIED: &str = "lost the agent|the guest reset|did not answer within";
+/// What huskctl and husk-vmm print when the guest died under a scenario: not a reboot the guest
+/// asked for (`the guest reset through the i8042 reset line`, which a scenario may expect), but a
+/// triple fault, a kernel panic, a lost agent or an agent that never answered.
+const GUEST_DIED: &str =
+    "lost the agent|the guest reset through a triple fault|Kernel panic|did not answer within";
 
 /// Seconds one scenario of a batch may take (a VM boot in the test host takes a few).
 pub const SCENARIO_TIMEOUT: u32 = 100;
