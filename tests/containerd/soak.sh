@@ -14,4 +14,6 @@ rc=0
 tests/testhost/soak.sh -t 90 "$N" -- sh -c \
   '$CTR run --rm --runtime io.containerd.kata.v2 docker.io/library/busybox:latest "soak$SOAK_RUN" echo ok' || rc=$?
 echo "boot retries: $(grep -c 'the guest did not boot' "$CTRD_DIR/containerd.log" || true)"
+# Each retry's reason (the shim logs the failed boot with its console).
+grep 'the guest did not boot' "$CTRD_DIR/containerd.log" | sed 's/^/soak: boot retry: /' || true
 exit "$rc"

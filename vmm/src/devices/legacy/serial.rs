@@ -33,12 +33,11 @@ impl Write for Output {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         for &b in buf {
             match b {
-                b'\n' | b'\r' => {
-                    if !self.line.is_empty() {
-                        std::mem::swap(&mut self.last, &mut self.line);
-                        self.line.clear();
-                    }
+                b'\n' | b'\r' if !self.line.is_empty() => {
+                    std::mem::swap(&mut self.last, &mut self.line);
+                    self.line.clear();
                 }
+                b'\n' | b'\r' => {}
                 _ if self.line.len() < LAST_LINE_MAX => self.line.push(b),
                 _ => {}
             }
