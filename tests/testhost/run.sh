@@ -320,8 +320,8 @@ cleanup() {
 }
 
 # After a stall, before the VM is killed: where QEMU's threads spend their time (2 s of CPU
-# ticks per thread) and the L1 vCPUs' registers from QEMU's monitor, so that a stall can be told
-# apart as a guest spinning, a guest waiting, or QEMU itself stuck.
+# ticks per thread), the L1 vCPUs' registers and local APIC from QEMU's monitor, so that a stall
+# can be told apart as a guest spinning, a guest waiting for an interrupt, or QEMU itself stuck.
 stall_report() {
   local qpid t
   qpid=$(cat "$tmp/qemu.pid" 2>/dev/null || true)
@@ -411,11 +411,10 @@ run_in_vm() {
   # Extra L1 kernel parameters; MODULE.PARAM=VALUE ones reach the modules init.sh loads.
   [ -n "${HUSK_TESTHOST_APPEND:-}" ] && append="$append $HUSK_TESTHOST_APPEND"
 
-  # One L1 vCPU: with two, QEMU 7.2's emulation of one CPU changing code or mappings that the
-  # other is running (the L1 kernel patching a jump label in __schedule when KVM creates or
-  # destroys a VM; page-table updates while the other CPU runs an L2 guest under nested paging)
-  # now and then froze the test host or faulted an L2 guest. README.md, "Reliability", has the
-  # measurements.
+  # One L1 vCPU: with two, QEMU 7.2's TCG now and then froze the test host (both CPUs looping on
+  # the int3 of a jump label the L1 kernel was patching as KVM created or destroyed a VM) or
+  # faulted an L2 guest (a page fault on kernel text, never injected by KVM, while the other
+  # CPU ran). README.md, "Reliability", has the measurements.
   local qemu=(qemu-system-x86_64
     -accel "${HUSK_TESTHOST_ACCEL:-tcg,tb-size=256}" -cpu "${HUSK_TESTHOST_CPU:-EPYC,+svm,+npt}"
     -m "${HUSK_TESTHOST_MEM:-4096}" -smp "${HUSK_TESTHOST_CPUS:-1}" -M microvm,rtc=on
