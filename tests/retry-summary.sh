@@ -9,6 +9,8 @@
 set -euo pipefail
 logs=${1:-target/testhost-logs}
 boot=0 scenario=0 stalls=0
+# The lines that record a retry: a scenario run again, a sandbox booted again, a stalled test host.
+retry_lines='^RETRIED |^boot retries: [1-9]|^--- exit Some\(123\)$'
 if [ -d "$logs" ]; then
   for f in "$logs"/*.log; do
     [ -f "$f" ] || continue
@@ -18,9 +20,9 @@ if [ -d "$logs" ]; then
     scenario=$((scenario + n))
     n=$(grep -c '^--- exit Some(123)$' "$f" || true)
     stalls=$((stalls + n))
-    if grep -qE '^RETRIED |^boot retries: [1-9]|^--- exit Some\(123\)$' "$f"; then
+    if grep -qE "$retry_lines" "$f"; then
       echo "retry-summary: see $f:"
-      grep -E '^RETRIED |^boot retries: [1-9]|^--- exit Some\(123\)$' "$f" | sed 's/^/  /'
+      grep -E "$retry_lines" "$f" | sed 's/^/  /'
     fi
   done
 fi
