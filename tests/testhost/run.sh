@@ -408,6 +408,12 @@ run_in_vm() {
   append="console=ttyS0 panic=-1 8250.nr_uarts=1"
   [ "${HUSK_TESTHOST_DEBUG:-0}" = 1 ] || append="$append quiet"
   [ "$khz" -gt 0 ] && append="$append tsc_early_khz=$khz"
+  # A periodic local-APIC tick that QEMU re-arms by itself. With the default one-shot tick the L1
+  # kernel re-arms its timer from the interrupt handler; QEMU 7.2 can drop the CPU's "interrupt
+  # pending" flag (an unlocked update on the nested-VM exit path races the timer thread), the
+  # handler never runs and the test host sleeps for good. A periodic timer raises the flag again
+  # on the next tick. README.md, "Reliability", has the captures.
+  append="$append ${HUSK_TESTHOST_TICK-nohz=off highres=off}"
   # Extra L1 kernel parameters; MODULE.PARAM=VALUE ones reach the modules init.sh loads.
   [ -n "${HUSK_TESTHOST_APPEND:-}" ] && append="$append $HUSK_TESTHOST_APPEND"
 
