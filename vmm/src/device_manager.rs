@@ -2,7 +2,7 @@
 //! tells the kernel command line where the virtio-mmio devices are.
 
 use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use kvm_ioctls::VmFd;
 use linux_loader::cmdline::Cmdline;
@@ -41,6 +41,8 @@ pub struct DeviceManager {
     serial: Option<Arc<Mutex<SerialConsole>>>,
     /// (base, irq) of each virtio-mmio device, in the order they were added.
     virtio: Vec<(u64, u32)>,
+    /// The same devices, to stop their workers when the VM stops.
+    transports: Vec<Arc<Mutex<MmioTransport>>>,
 }
 
 impl Default for DeviceManager {
@@ -56,6 +58,7 @@ impl DeviceManager {
             mmio: Bus::default(),
             serial: None,
             virtio: Vec::new(),
+            transports: Vec::new(),
         }
     }
 
@@ -114,11 +117,25 @@ impl DeviceManager {
         let base = VIRTIO_MMIO_START + index as u64 * VIRTIO_MMIO_SIZE;
         let evt = Self::irqfd(vm, irq, "a virtio device")?;
         let transport = MmioTransport::new(device, mem.clone(), Arc::new(Interrupt::new(evt)));
+        let transport = Arc::new(Mutex::new(transport));
         self.mmio
-            .insert(Arc::new(Mutex::new(transport)), base, VIRTIO_MMIO_SIZE)
+            .insert(transport.clone(), base, VIRTIO_MMIO_SIZE)
             .map_err(DeviceError::Bus)?;
         self.virtio.push((base, irq));
+        self.transports.push(transport);
         Ok(base)
+    }
+
+    /// Stops every virtio device and joins its worker thread. vCPUs may still be running (they
+    /// hold the buses), so the devices ignore the guest from then on. Calling it again does
+    /// nothing.
+    pub fn shutdown_virtio(&self) {
+        for transport in &self.transports {
+            transport
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .shutdown();
+        }
     }
 
     /// Adds `virtio_mmio.device=` for every virtio device.
@@ -136,7 +153,6 @@ impl DeviceManager {
         Ok(())
     }
 
-    /// Flushes console output that is still buffered.
     /// The last line the guest printed on its console.
     pub fn console_last_line(&self) -> String {
         self.serial
@@ -145,11 +161,20 @@ impl DeviceManager {
             .unwrap_or_default()
     }
 
+    /// Flushes console output that is still buffered.
     pub fn flush_console(&self) {
         if let Some(serial) = &self.serial {
             if let Ok(mut s) = serial.lock() {
                 s.flush();
             }
         }
+    }
+}
+
+impl Drop for DeviceManager {
+    /// The vCPU threads keep the buses (and so the devices) alive; the workers are stopped here
+    /// even when building the VM fails half-way.
+    fn drop(&mut self) {
+        self.shutdown_virtio();
     }
 }

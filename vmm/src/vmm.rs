@@ -301,6 +301,8 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
         .recv()
         .unwrap_or_else(|_| StopReason::Crash("every vCPU thread ended".into()));
     devices.flush_console();
+    // Every device worker thread is stopped and joined; the vCPUs go with the process.
+    devices.shutdown_virtio();
     if let Some((path, _)) = &config.vsock {
         // The process ends without running destructors: remove our socket ourselves.
         let _ = std::fs::remove_file(path);

@@ -8,24 +8,23 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use fuse_backend_rs::api::server::Server;
 use fuse_backend_rs::passthrough::{CachePolicy, Config, PassthroughFs};
 use fuse_backend_rs::transport::{Reader, VirtioFsWriter};
-use virtio_queue::{Queue, QueueT};
-use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
-use vmm_sys_util::eventfd::EventFd;
+use virtio_queue::{DescriptorChain, Queue};
+use vmm_sys_util::epoll::EventSet;
 
-use super::{ActivateError, Interrupt, VirtioDevice, INT_VRING, TYPE_FS};
+use super::queue::{self, Completion};
+use super::worker::{EventHandler, Interest, QueueEvents, Worker, WorkerError};
+use super::{ActivateError, DeviceState, Interrupt, VirtioDevice, TYPE_FS};
 use crate::vstate::memory::GuestMemory;
 
+const NAME: &str = "virtio-fs";
 /// One high-priority queue (FORGET, INTERRUPT) and one request queue.
 const QUEUE_SIZES: [u16; 2] = [1024, 1024];
 const TAG_LEN: usize = 36;
-
-const TOKEN_STOP: u64 = 100;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CacheMode {
@@ -160,9 +159,8 @@ type FsServer = Server<Arc<PassthroughFs<()>>>;
 pub struct Fs {
     config: [u8; TAG_LEN + 4],
     server: Arc<FsServer>,
-    queue_evts: [EventFd; 2],
-    stop_evt: EventFd,
-    worker: Option<JoinHandle<()>>,
+    queue_evts: QueueEvents,
+    state: DeviceState<Worker<FsHandler>>,
 }
 
 impl Fs {
@@ -201,21 +199,12 @@ impl Fs {
         let mut config = [0u8; TAG_LEN + 4];
         config[..cfg.tag.len()].copy_from_slice(cfg.tag.as_bytes());
         config[TAG_LEN..].copy_from_slice(&1u32.to_le_bytes());
-        let evt = || EventFd::new(libc::EFD_NONBLOCK).map_err(passthrough);
         Ok(Fs {
             config,
             server: Arc::new(Server::new(Arc::new(fs))),
-            queue_evts: [evt()?, evt()?],
-            stop_evt: evt()?,
-            worker: None,
+            queue_evts: QueueEvents::new(QUEUE_SIZES.len()).map_err(passthrough)?,
+            state: DeviceState::Inactive,
         })
-    }
-
-    fn stop_worker(&mut self) {
-        if let Some(w) = self.worker.take() {
-            let _ = self.stop_evt.write(1);
-            let _ = w.join();
-        }
     }
 }
 
@@ -243,117 +232,91 @@ impl VirtioDevice for Fs {
         queues: Vec<Queue>,
         _acked_features: u64,
     ) -> Result<(), ActivateError> {
-        let err = |e| ActivateError::Device("virtio-fs", e);
-        let epoll = Epoll::new().map_err(err)?;
-        let mut evts = Vec::new();
-        for (i, e) in self.queue_evts.iter().enumerate() {
-            let e = e.try_clone().map_err(err)?;
-            epoll
-                .ctl(
-                    ControlOperation::Add,
-                    std::os::fd::AsRawFd::as_raw_fd(&e),
-                    EpollEvent::new(EventSet::IN, i as u64),
-                )
-                .map_err(err)?;
-            evts.push(e);
+        if self.state.is_activated() {
+            return Err(ActivateError::AlreadyActive(NAME));
         }
-        let stop = self.stop_evt.try_clone().map_err(err)?;
-        epoll
-            .ctl(
-                ControlOperation::Add,
-                std::os::fd::AsRawFd::as_raw_fd(&stop),
-                EpollEvent::new(EventSet::IN, TOKEN_STOP),
-            )
-            .map_err(err)?;
-        let mut worker = Worker {
+        let handler = FsHandler {
             mem,
             interrupt,
             queues,
             server: self.server.clone(),
+            queue_evts: self
+                .queue_evts
+                .try_clone()
+                .map_err(|e| ActivateError::Device(NAME, e))?,
         };
-        let handle = std::thread::Builder::new()
-            .name("virtio-fs".into())
-            .spawn(move || {
-                let mut events = vec![EpollEvent::default(); 4];
-                loop {
-                    let n = match epoll.wait(-1, &mut events) {
-                        Ok(n) => n,
-                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                        Err(_) => return,
-                    };
-                    for e in &events[..n] {
-                        match e.data() {
-                            TOKEN_STOP => return,
-                            q => {
-                                let _ = evts[q as usize].read();
-                                worker.process(q as usize);
-                            }
-                        }
-                    }
-                }
-            })
-            .map_err(err)?;
-        self.worker = Some(handle);
+        let worker = Worker::spawn(NAME, handler).map_err(|e| ActivateError::Worker(NAME, e))?;
+        self.state = DeviceState::Activated(worker);
         Ok(())
     }
 
     fn queue_notify(&mut self, index: u16) {
-        if let Some(e) = self.queue_evts.get(usize::from(index)) {
-            let _ = e.write(1);
+        if self.state.is_activated() {
+            self.queue_evts.notify(index);
         }
     }
 
     fn reset(&mut self) {
-        self.stop_worker();
+        self.state.stop_worker();
+        self.queue_evts.clear();
+    }
+
+    fn shutdown(&mut self) {
+        self.state.shut_down_worker();
     }
 }
 
-impl Drop for Fs {
-    fn drop(&mut self) {
-        self.stop_worker();
-    }
-}
-
-struct Worker {
+/// The activated device, on its worker thread.
+struct FsHandler {
     mem: GuestMemory,
     interrupt: Arc<Interrupt>,
     queues: Vec<Queue>,
     server: Arc<FsServer>,
+    queue_evts: QueueEvents,
 }
 
-impl Worker {
-    /// Serves every request queued on queue `q`. A malformed request gets a FUSE error reply or,
-    /// if even that is impossible, is returned with nothing written.
+impl EventHandler for FsHandler {
+    fn register(&self, interest: &Interest<'_>) -> Result<(), WorkerError> {
+        self.queue_evts.register(interest)
+    }
+
+    fn handle_event(&mut self, token: u64, _events: EventSet) -> Result<(), WorkerError> {
+        if let Some(q) = self.queue_evts.consume(token) {
+            self.process(q);
+        }
+        Ok(())
+    }
+}
+
+impl FsHandler {
+    /// Serves every request queued on queue `q`.
     fn process(&mut self, q: usize) {
-        let mem = &self.mem;
         let Some(queue) = self.queues.get_mut(q) else {
             return;
         };
-        let mut used = false;
-        while let Some(chain) = queue.pop_descriptor_chain(mem) {
-            let head = chain.head_index();
-            let reader = Reader::from_descriptor_chain(mem, chain.clone());
-            let writer = VirtioFsWriter::new(mem, chain);
-            let written = match (reader, writer) {
-                (Ok(r), Ok(w)) => match self.server.handle_message(r, w.into(), None, None) {
-                    Ok(n) => n,
-                    Err(e) => {
-                        tracing::debug!(error = %e, "virtio-fs: request failed");
-                        0
-                    }
-                },
-                _ => {
-                    tracing::debug!("virtio-fs: bad descriptor chain");
-                    0
-                }
-            };
-            if queue.add_used(mem, head, written as u32).is_err() {
-                break;
+        let (mem, server) = (&self.mem, &self.server);
+        queue::drain(queue, mem, &self.interrupt, |chain| {
+            Completion::Used(serve(server, mem, chain))
+        });
+    }
+}
+
+/// Serves one FUSE request and returns how many reply bytes were written. A malformed request
+/// gets a FUSE error reply or, if even that is impossible, is returned with nothing written.
+fn serve(server: &FsServer, mem: &GuestMemory, chain: DescriptorChain<&GuestMemory>) -> u32 {
+    let reader = Reader::from_descriptor_chain(mem, chain.clone());
+    let writer = VirtioFsWriter::new(mem, chain);
+    match (reader, writer) {
+        (Ok(r), Ok(w)) => match server.handle_message(r, w.into(), None, None) {
+            Ok(n) => n as u32,
+            Err(e) => {
+                tracing::debug!(error = %e, "virtio-fs: request failed");
+                0
             }
-            used = true;
-        }
-        if used && queue.needs_notification(mem).unwrap_or(true) {
-            self.interrupt.signal(INT_VRING);
+        },
+        _ => {
+            tracing::debug!("virtio-fs: bad descriptor chain");
+            0
         }
     }
 }
@@ -413,7 +376,7 @@ mod tests {
     }
 
     /// Queues one request chain (a readable part, then `reply_room` writable bytes), lets the
-    /// worker serve it, and returns the length it reported as written.
+    /// handler serve it, and returns the length it reported as written.
     fn serve_one(request: &[u8], reply_room: u32) -> u32 {
         use virtio_queue::desc::{split::Descriptor, RawDescriptor};
         use virtio_queue::mock::MockSplitQueue;
@@ -441,14 +404,17 @@ mod tests {
             read_only: false,
         })
         .unwrap();
-        let irq = Arc::new(Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()));
-        let mut w = Worker {
+        let irq = Arc::new(Interrupt::new(
+            vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+        ));
+        let mut handler = FsHandler {
             mem: mem.clone(),
             interrupt: irq,
             queues: vec![vq.create_queue().unwrap(), vq.create_queue().unwrap()],
             server: fs.server.clone(),
+            queue_evts: QueueEvents::new(QUEUE_SIZES.len()).unwrap(),
         };
-        w.process(0);
+        handler.process(0);
         vq.used().ring().ref_at(0).unwrap().load().len()
     }
 

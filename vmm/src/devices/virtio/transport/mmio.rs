@@ -10,7 +10,7 @@ use virtio_queue::{Queue, QueueT};
 
 use crate::devices::bus::BusDevice;
 use crate::devices::virtio::{
-    ActivateError, Interrupt, VirtioDevice, INT_CONFIG, VIRTIO_F_VERSION_1,
+    ActivateError, Interrupt, VirtioDevice, INT_CONFIG, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
 };
 use crate::vstate::memory::GuestMemory;
 
@@ -64,6 +64,8 @@ pub struct MmioTransport {
     driver_features: u64,
     queue_sel: u32,
     config_generation: u32,
+    /// Set when the VMM stops: the device's worker is gone and guest writes are ignored.
+    shut_down: bool,
 }
 
 impl MmioTransport {
@@ -80,6 +82,16 @@ impl MmioTransport {
             driver_features: 0,
             queue_sel: 0,
             config_generation: 0,
+            shut_down: false,
+        }
+    }
+
+    /// Stops the device for good (its worker thread is joined); later guest writes are ignored,
+    /// so nothing can start it again.
+    pub fn shutdown(&mut self) {
+        if !self.shut_down {
+            self.shut_down = true;
+            self.device.shutdown();
         }
     }
 
@@ -165,9 +177,12 @@ impl MmioTransport {
             }
         }
         // The device gets its own copy; ours keeps answering register reads (QueueReady).
+        let event_idx = self.driver_features & VIRTIO_RING_F_EVENT_IDX != 0;
         let mut queues = Vec::with_capacity(self.queues.len());
         for (i, q) in self.queues.iter().enumerate() {
-            queues.push(Queue::try_from(q.state()).map_err(|_| ActivateError::BadQueue(i))?);
+            let mut q = Queue::try_from(q.state()).map_err(|_| ActivateError::BadQueue(i))?;
+            q.set_event_idx(event_idx);
+            queues.push(q);
         }
         self.device.activate(
             self.mem.clone(),
@@ -285,6 +300,10 @@ impl BusDevice for MmioTransport {
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
+        if self.shut_down {
+            tracing::debug!(offset, "virtio-mmio: write after shutdown ignored");
+            return;
+        }
         if offset >= CONFIG_SPACE {
             self.device.write_config(offset - CONFIG_SPACE, data);
             self.config_generation = self.config_generation.wrapping_add(1);
@@ -314,18 +333,20 @@ mod tests {
     #[derive(Default)]
     struct Record {
         activated: Option<(usize, u64)>,
+        event_idx: Vec<bool>,
         notified: Vec<u16>,
         resets: usize,
+        shutdowns: usize,
     }
 
-    struct Dummy(Arc<Mutex<Record>>);
+    struct Dummy(Arc<Mutex<Record>>, u64);
 
     impl VirtioDevice for Dummy {
         fn device_type(&self) -> u32 {
             42
         }
         fn features(&self) -> u64 {
-            0b101
+            self.1
         }
         fn queue_max_sizes(&self) -> &[u16] {
             &[16, 32]
@@ -340,7 +361,9 @@ mod tests {
             queues: Vec<Queue>,
             features: u64,
         ) -> Result<(), ActivateError> {
-            self.0.lock().unwrap().activated = Some((queues.len(), features));
+            let mut rec = self.0.lock().unwrap();
+            rec.activated = Some((queues.len(), features));
+            rec.event_idx = queues.iter().map(|q| q.event_idx_enabled()).collect();
             Ok(())
         }
         fn queue_notify(&mut self, index: u16) {
@@ -349,14 +372,21 @@ mod tests {
         fn reset(&mut self) {
             self.0.lock().unwrap().resets += 1;
         }
+        fn shutdown(&mut self) {
+            self.0.lock().unwrap().shutdowns += 1;
+        }
     }
 
     fn transport() -> (MmioTransport, Arc<Mutex<Record>>) {
+        transport_with_features(0b101)
+    }
+
+    fn transport_with_features(features: u64) -> (MmioTransport, Arc<Mutex<Record>>) {
         let rec = Arc::new(Mutex::new(Record::default()));
         let mem = memory::create(1 << 20).unwrap();
         let irq = Arc::new(Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()));
         (
-            MmioTransport::new(Box::new(Dummy(rec.clone())), mem, irq),
+            MmioTransport::new(Box::new(Dummy(rec.clone(), features)), mem, irq),
             rec,
         )
     }
@@ -542,5 +572,47 @@ mod tests {
         past = [9; 4];
         t.read(u64::MAX / 2, &mut past);
         assert_eq!(past, [0; 4]);
+    }
+
+    #[test]
+    fn acked_event_idx_reaches_the_queues() {
+        let (mut t, rec) = transport_with_features(VIRTIO_RING_F_EVENT_IDX);
+        w(&mut t, REG_STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER);
+        w(&mut t, REG_DRIVER_FEATURES_SEL, 0);
+        w(&mut t, REG_DRIVER_FEATURES, VIRTIO_RING_F_EVENT_IDX as u32);
+        w(&mut t, REG_DRIVER_FEATURES_SEL, 1);
+        w(&mut t, REG_DRIVER_FEATURES, 1);
+        w(
+            &mut t,
+            REG_STATUS,
+            STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK,
+        );
+        set_up_queue(&mut t, 0, 16, 0x1_0000);
+        w(&mut t, REG_STATUS, 0xf);
+        assert_eq!(rec.lock().unwrap().event_idx, vec![true, true]);
+
+        let (mut t, rec) = transport();
+        negotiate(&mut t, 1);
+        set_up_queue(&mut t, 0, 16, 0x1_0000);
+        w(&mut t, REG_STATUS, 0xf);
+        assert_eq!(rec.lock().unwrap().event_idx, vec![false, false]);
+    }
+
+    #[test]
+    fn after_shutdown_the_guest_cannot_restart_the_device() {
+        let (mut t, rec) = transport();
+        negotiate(&mut t, 1);
+        set_up_queue(&mut t, 0, 16, 0x1_0000);
+        w(&mut t, REG_STATUS, 0xf);
+        t.shutdown();
+        t.shutdown();
+        assert_eq!(rec.lock().unwrap().shutdowns, 1);
+        w(&mut t, REG_STATUS, 0);
+        negotiate(&mut t, 1);
+        w(&mut t, REG_STATUS, 0xf);
+        w(&mut t, REG_QUEUE_NOTIFY, 0);
+        let rec = rec.lock().unwrap();
+        assert_eq!((rec.resets, rec.notified.len()), (0, 0));
+        assert_eq!(r(&mut t, REG_MAGIC), MAGIC, "registers still read");
     }
 }

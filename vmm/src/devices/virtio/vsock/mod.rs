@@ -10,24 +10,28 @@ pub mod packet;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vmm_sys_util::epoll::{ControlOperation, EpollEvent, EventSet};
-use vmm_sys_util::eventfd::EventFd;
+use virtio_queue::Queue;
+use vmm_sys_util::epoll::{EpollEvent, EventSet};
 
-use super::{ActivateError, Interrupt, VirtioDevice, INT_VRING, TYPE_VSOCK};
+use super::queue::{self, Completion};
+use super::worker::{EventHandler, Interest, QueueEvents, Worker, WorkerError};
+use super::{ActivateError, DeviceState, Interrupt, VirtioDevice, TYPE_VSOCK};
 use crate::vstate::memory::GuestMemory;
 use muxer::{Muxer, MuxerError};
 use packet::{read_guest_packet, write_host_packet, HDR_SIZE};
 
+const NAME: &str = "vsock";
 const RX: usize = 0;
 const TX: usize = 1;
+/// RX, TX and the event queue; only RX and TX notifications wake the worker.
 const QUEUE_SIZES: [u16; 3] = [256, 256, 256];
+const NOTIFIED_QUEUES: usize = 2;
 
-const TOKEN_RX: u64 = 0;
-const TOKEN_TX: u64 = 1;
-const TOKEN_STOP: u64 = 2;
+/// The worker's token for the muxer's own epoll (queue tokens are their indices).
+const TOKEN_MUXER: u64 = 2;
+/// The most muxer events handled per wake-up.
+const MUXER_BATCH: usize = 64;
 
 pub struct Vsock {
     cid: u64,
@@ -35,36 +39,19 @@ pub struct Vsock {
     /// Created at construction so that a bad socket path fails before the guest boots; moved
     /// into the worker on activation.
     muxer: Option<Muxer>,
-    queue_evts: [EventFd; 2],
-    stop_evt: EventFd,
-    worker: Option<JoinHandle<Muxer>>,
+    queue_evts: QueueEvents,
+    state: DeviceState<Worker<VsockHandler>>,
 }
 
 impl Vsock {
     pub fn new(cid: u64, uds_path: &Path) -> Result<Self, MuxerError> {
-        let evt = || EventFd::new(libc::EFD_NONBLOCK).map_err(MuxerError::Epoll);
         Ok(Vsock {
             cid,
             uds_path: uds_path.into(),
             muxer: Some(Muxer::new(cid, uds_path)?),
-            queue_evts: [evt()?, evt()?],
-            stop_evt: evt()?,
-            worker: None,
+            queue_evts: QueueEvents::new(NOTIFIED_QUEUES).map_err(MuxerError::Epoll)?,
+            state: DeviceState::Inactive,
         })
-    }
-
-    fn stop_worker(&mut self) {
-        if let Some(worker) = self.worker.take() {
-            let _ = self.stop_evt.write(1);
-            match worker.join() {
-                Ok(muxer) => {
-                    // Connections of the old driver are gone; a fresh muxer serves the next.
-                    drop(muxer);
-                    self.muxer = Muxer::new(self.cid, &self.uds_path).ok();
-                }
-                Err(_) => tracing::error!("vsock worker panicked"),
-            }
-        }
     }
 }
 
@@ -93,169 +80,233 @@ impl VirtioDevice for Vsock {
         queues: Vec<Queue>,
         _acked_features: u64,
     ) -> Result<(), ActivateError> {
+        if self.state.is_activated() {
+            return Err(ActivateError::AlreadyActive(NAME));
+        }
+        if queues.len() != QUEUE_SIZES.len() {
+            return Err(ActivateError::BadQueue(queues.len()));
+        }
+        let queue_evts = self
+            .queue_evts
+            .try_clone()
+            .map_err(|e| ActivateError::Device(NAME, e))?;
         let muxer = self.muxer.take().ok_or_else(|| {
-            ActivateError::Device("vsock", std::io::Error::other("no socket to serve"))
+            ActivateError::Device(NAME, std::io::Error::other("no socket to serve"))
         })?;
-        let clone = |e: &EventFd| e.try_clone().map_err(|e| ActivateError::Device("vsock", e));
-        let worker = Worker {
+        let handler = VsockHandler {
             mem,
             interrupt,
             queues,
             muxer,
             cid: self.cid,
-            rx_evt: clone(&self.queue_evts[RX])?,
-            tx_evt: clone(&self.queue_evts[TX])?,
-            stop_evt: clone(&self.stop_evt)?,
+            queue_evts,
+            muxer_events: vec![EpollEvent::default(); MUXER_BATCH],
         };
-        worker
-            .register()
-            .map_err(|e| ActivateError::Device("vsock", e))?;
-        let handle = std::thread::Builder::new()
-            .name("vsock".into())
-            .spawn(move || worker.run())
-            .map_err(|e| ActivateError::Device("vsock", e))?;
-        self.worker = Some(handle);
+        let worker = Worker::spawn(NAME, handler).map_err(|e| ActivateError::Worker(NAME, e))?;
+        self.state = DeviceState::Activated(worker);
         Ok(())
     }
 
     fn queue_notify(&mut self, index: u16) {
-        if let Some(evt) = self.queue_evts.get(usize::from(index)) {
-            let _ = evt.write(1);
+        if self.state.is_activated() {
+            self.queue_evts.notify(index);
         }
     }
 
     fn reset(&mut self) {
-        self.stop_worker();
+        // The old muxer goes with its worker's handler, and removes its socket file.
+        self.state.stop_worker();
+        self.queue_evts.clear();
+        if self.muxer.is_none() {
+            // Connections of the old driver are gone; a fresh muxer serves the next.
+            match Muxer::new(self.cid, &self.uds_path) {
+                Ok(m) => self.muxer = Some(m),
+                Err(e) => tracing::warn!(error = %e, "vsock cannot serve its socket again"),
+            }
+        }
+    }
+
+    fn shutdown(&mut self) {
+        self.state.shut_down_worker();
+        self.muxer = None;
     }
 }
 
-impl Drop for Vsock {
-    fn drop(&mut self) {
-        self.stop_worker();
-    }
-}
-
-struct Worker {
+/// The activated device, on its worker thread: it reads guest packets from the TX queue, hands
+/// them to the [`Muxer`], and fills RX buffers with what the muxer has for the guest.
+struct VsockHandler {
     mem: GuestMemory,
     interrupt: Arc<Interrupt>,
     queues: Vec<Queue>,
     muxer: Muxer,
     cid: u64,
-    rx_evt: EventFd,
-    tx_evt: EventFd,
-    stop_evt: EventFd,
+    queue_evts: QueueEvents,
+    muxer_events: Vec<EpollEvent>,
 }
 
-impl Worker {
-    fn register(&self) -> std::io::Result<()> {
-        let epoll = self.muxer.epoll();
-        for (fd, token) in [
-            (&self.rx_evt, TOKEN_RX),
-            (&self.tx_evt, TOKEN_TX),
-            (&self.stop_evt, TOKEN_STOP),
-        ] {
-            epoll.ctl(
-                ControlOperation::Add,
-                std::os::fd::AsRawFd::as_raw_fd(fd),
-                EpollEvent::new(EventSet::IN, token),
-            )?;
+impl EventHandler for VsockHandler {
+    fn register(&self, interest: &Interest<'_>) -> Result<(), WorkerError> {
+        self.queue_evts.register(interest)?;
+        // The muxer keeps its host sockets in an epoll of its own, which is readable whenever
+        // one of them is ready.
+        interest.readable(self.muxer.epoll(), TOKEN_MUXER)
+    }
+
+    fn handle_event(&mut self, token: u64, _events: EventSet) -> Result<(), WorkerError> {
+        if token == TOKEN_MUXER {
+            return self.handle_muxer_events();
+        }
+        match self.queue_evts.consume(token) {
+            Some(TX) => self.process_tx(),
+            // New RX buffers: filled after this batch, like after any event.
+            Some(_) => {}
+            None => tracing::debug!(token, "vsock: unexpected worker event"),
         }
         Ok(())
     }
 
-    fn run(mut self) -> Muxer {
-        let mut events = vec![EpollEvent::default(); 64];
-        loop {
-            let n = match self.muxer.epoll().wait(-1, &mut events) {
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    tracing::error!(error = %e, "vsock event loop failed");
-                    return self.muxer;
-                }
-            };
-            for e in &events[..n] {
-                match e.data() {
-                    TOKEN_STOP => return self.muxer,
-                    TOKEN_RX => {
-                        let _ = self.rx_evt.read();
-                    }
-                    TOKEN_TX => {
-                        let _ = self.tx_evt.read();
-                        self.process_tx();
-                    }
-                    token => self.muxer.handle_event(token, e.events()),
-                }
-            }
-            // Whatever happened may have produced packets for the guest.
-            self.process_rx();
+    fn batch_done(&mut self) {
+        // Whatever happened may have produced packets for the guest.
+        self.process_rx();
+    }
+}
+
+impl VsockHandler {
+    fn handle_muxer_events(&mut self) -> Result<(), WorkerError> {
+        let n = match self.muxer.epoll().wait(0, &mut self.muxer_events) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => return Ok(()),
+            Err(e) => return Err(WorkerError::Device(e)),
+        };
+        for e in &self.muxer_events[..n] {
+            self.muxer.handle_event(e.data(), e.events());
         }
+        Ok(())
     }
 
     /// Takes every packet the guest queued on TX and hands the valid ones to the muxer.
     fn process_tx(&mut self) {
-        let mem = &self.mem;
-        let queue = &mut self.queues[TX];
-        let mut used = false;
-        while let Some(chain) = queue.pop_descriptor_chain(mem) {
-            let head = chain.head_index();
+        let Some(queue) = self.queues.get_mut(TX) else {
+            return;
+        };
+        let (mem, muxer, cid) = (&self.mem, &mut self.muxer, self.cid);
+        queue::drain(queue, mem, &self.interrupt, |chain| {
             match chain.reader(mem) {
                 Ok(mut reader) => {
                     let available = reader.available_bytes();
-                    match read_guest_packet(&mut reader, available, self.cid) {
-                        Ok(pkt) => self.muxer.handle_guest_packet(pkt),
+                    match read_guest_packet(&mut reader, available, cid) {
+                        Ok(pkt) => muxer.handle_guest_packet(pkt),
                         Err(e) => tracing::debug!(error = %e, "vsock: dropped a guest packet"),
                     }
                 }
                 Err(e) => tracing::debug!(error = %e, "vsock: bad TX descriptor chain"),
             }
-            if queue.add_used(mem, head, 0).is_err() {
-                break;
-            }
-            used = true;
-        }
-        if used && queue.needs_notification(mem).unwrap_or(true) {
-            self.interrupt.signal(INT_VRING);
-        }
+            Completion::Used(0)
+        });
     }
 
     /// Fills the guest's RX buffers with what the muxer has for it.
     fn process_rx(&mut self) {
-        let mem = &self.mem;
-        let queue = &mut self.queues[RX];
-        let mut used = false;
-        while let Some(chain) = queue.pop_descriptor_chain(mem) {
-            let head = chain.head_index();
-            let written = match chain.writer(mem) {
+        let Some(queue) = self.queues.get_mut(RX) else {
+            return;
+        };
+        let (mem, muxer) = (&self.mem, &mut self.muxer);
+        queue::drain(queue, mem, &self.interrupt, |chain| {
+            match chain.writer(mem) {
                 Ok(mut writer) => {
                     let room = writer.available_bytes();
-                    match self
-                        .muxer
-                        .next_packet_for_guest(room.saturating_sub(HDR_SIZE))
-                    {
-                        Some((hdr, data)) => write_host_packet(&mut writer, room, hdr, &data),
-                        None => {
-                            // Nothing to send: give the buffer back for later.
-                            queue.go_to_previous_position();
-                            break;
+                    match muxer.next_packet_for_guest(room.saturating_sub(HDR_SIZE)) {
+                        Some((hdr, data)) => {
+                            let written = write_host_packet(&mut writer, room, hdr, &data);
+                            Completion::Used(written.unwrap_or(0) as u32)
                         }
+                        // Nothing to send: the buffer waits for the next packet.
+                        None => Completion::NotNow,
                     }
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "vsock: bad RX descriptor chain");
-                    Some(0)
+                    Completion::Used(0)
                 }
-            };
-            if queue
-                .add_used(mem, head, written.unwrap_or(0) as u32)
-                .is_err()
-            {
-                break;
             }
-            used = true;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::os::unix::net::UnixStream;
+    use std::time::{Duration, Instant};
+
+    use virtio_queue::desc::split::Descriptor;
+    use virtio_queue::desc::RawDescriptor;
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::{Bytes, GuestAddress};
+    use vmm_sys_util::eventfd::EventFd;
+
+    use super::packet::OP_REQUEST;
+    use super::*;
+    use crate::vstate::memory;
+
+    const RX_BUF: u64 = 0x8_0000;
+
+    fn socket_path(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("husk-vsockdev-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir.join("v.sock")
+    }
+
+    fn wait_for_irq(irq: &EventFd) -> bool {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(5) {
+            if irq.read().is_ok() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(2));
         }
-        if used && queue.needs_notification(mem).unwrap_or(true) {
-            self.interrupt.signal(INT_VRING);
-        }
+        false
+    }
+
+    #[test]
+    fn host_connect_reaches_the_guest_rx_queue_through_the_worker() {
+        let path = socket_path("connect");
+        let mut vsock = Vsock::new(3, &path).unwrap();
+        let mem = memory::create(1 << 20).unwrap();
+        let rx = MockSplitQueue::create(&mem, GuestAddress(0), 16);
+        let tx = MockSplitQueue::create(&mem, GuestAddress(0x1_0000), 16);
+        let ev = MockSplitQueue::create(&mem, GuestAddress(0x2_0000), 16);
+        rx.build_desc_chain(&[RawDescriptor::from(Descriptor::new(RX_BUF, 4096, 2, 0))])
+            .unwrap();
+        let queues = vec![
+            rx.create_queue().unwrap(),
+            tx.create_queue().unwrap(),
+            ev.create_queue().unwrap(),
+        ];
+        let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let interrupt = Arc::new(Interrupt::new(irq.try_clone().unwrap()));
+        vsock.activate(mem.clone(), interrupt, queues, 0).unwrap();
+
+        let mut client = UnixStream::connect(&path).unwrap();
+        client.write_all(b"CONNECT 1234\n").unwrap();
+        assert!(wait_for_irq(&irq), "the worker filled no RX buffer");
+        let used = rx.used().ring().ref_at(0).unwrap().load();
+        assert_eq!(used.len() as usize, HDR_SIZE);
+        let mut hdr = [0u8; HDR_SIZE];
+        mem.read_slice(&mut hdr, GuestAddress(RX_BUF)).unwrap();
+        assert_eq!(u32::from_le_bytes(hdr[20..24].try_into().unwrap()), 1234);
+        assert_eq!(
+            u16::from_le_bytes(hdr[30..32].try_into().unwrap()),
+            OP_REQUEST
+        );
+
+        // A reset ends the worker and serves the socket afresh; shutting down removes it.
+        vsock.reset();
+        assert!(!vsock.state.is_activated());
+        assert!(vsock.muxer.is_some() && path.exists());
+        vsock.shutdown();
+        assert!(!path.exists());
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
 }
