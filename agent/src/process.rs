@@ -9,26 +9,19 @@ use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum ProcessError {
+    #[error("process {0} already exists")]
     Exists(String),
+    #[error("no process {0}")]
     NotFound(String),
+    #[error("{0}")]
     BadRequest(String),
+    #[error("{0}: {1}")]
     Io(String, std::io::Error),
     /// The container runtime refused: its message.
+    #[error("{0}")]
     Runtime(String),
-}
-
-impl std::fmt::Display for ProcessError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ProcessError::Exists(id) => write!(f, "process {id} already exists"),
-            ProcessError::NotFound(id) => write!(f, "no process {id}"),
-            ProcessError::BadRequest(why) => write!(f, "{why}"),
-            ProcessError::Io(what, e) => write!(f, "{what}: {e}"),
-            ProcessError::Runtime(why) => write!(f, "{why}"),
-        }
-    }
 }
 
 pub struct Spec {

@@ -14,6 +14,7 @@ use crate::process::{ProcessError, Spec, Table};
 
 type Result<T> = ttrpc::Result<T>;
 
+/// The one place where the agent picks a ttrpc status code.
 fn rpc_error(e: ProcessError) -> ttrpc::Error {
     let code = match e {
         ProcessError::Exists(_) => Code::ALREADY_EXISTS,
@@ -87,7 +88,10 @@ impl AgentService for Agent {
             .ok()
             .filter(|s| (1..=64).contains(s))
             .ok_or_else(|| {
-                get_rpc_status(Code::INVALID_ARGUMENT, format!("bad signal {}", req.signal))
+                rpc_error(ProcessError::BadRequest(format!(
+                    "bad signal {}",
+                    req.signal
+                )))
             })?;
         // SAFETY: kill has no memory preconditions; a stale pid only yields ESRCH.
         unsafe { libc::kill(p.pid, sig) };
@@ -105,7 +109,7 @@ impl AgentService for Agent {
             .map_err(rpc_error)?;
         let len = p
             .write_stdin(&req.data)
-            .map_err(|e| get_rpc_status(Code::FAILED_PRECONDITION, format!("stdin: {e}")))?;
+            .map_err(|e| rpc_error(ProcessError::Runtime(format!("stdin: {e}"))))?;
         Ok(WriteStreamResponse {
             len: len as u32,
             ..Default::default()
@@ -135,7 +139,7 @@ impl AgentService for Agent {
             .map_err(rpc_error)?;
         let clamp = |v: u32| v.min(u16::MAX.into()) as u16;
         p.resize(clamp(req.row), clamp(req.column))
-            .map_err(|e| get_rpc_status(Code::FAILED_PRECONDITION, e.to_string()))?;
+            .map_err(|e| rpc_error(ProcessError::Runtime(format!("terminal size: {e}"))))?;
         Ok(Empty::new())
     }
 
@@ -223,7 +227,7 @@ impl Agent {
             .map_err(rpc_error)?;
         let data = p
             .read_output(stderr, req.len as usize)
-            .map_err(|e| get_rpc_status(Code::INTERNAL, e.to_string()))?;
+            .map_err(|e| rpc_error(ProcessError::Io("cannot read the output".into(), e)))?;
         if data.is_empty() {
             self.procs
                 .forget_if_collected(&key(&req.container_id, &req.exec_id));
