@@ -1,445 +1,799 @@
-//! A sandbox VM: `husk-vmm` as a child process with a hybrid-vsock socket in a private runtime
-//! directory, and a ttrpc connection to the agent inside. Dropping a [`Sandbox`] kills the VM and
-//! removes everything it created.
+//! One sandbox (a pod, or one `ctr run` container): a VM that is Down → Booting → Up → Stopping
+//! → Down, its containers and their processes. The first Create boots the VM; deleting the last
+//! container stops it. No lock is held across a boot or an agent call: a slow boot or a slow
+//! agent delays only the call that waits for it.
+//!
+//! Each started process gets its own agent connection for its blocking reads and its wait; the
+//! health check has its own too (see `agent`).
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::os::fd::IntoRawFd;
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::net::{UnixListener, UnixStream};
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::time::Duration;
 
+use husk_agent_protocol::agent as pb;
 use husk_agent_protocol::agent_ttrpc::AgentServiceClient;
-use husk_agent_protocol::health::CheckRequest;
-use husk_agent_protocol::health_ttrpc::HealthClient;
-use husk_agent_protocol::ttrpc;
 
-#[derive(Debug, thiserror::Error)]
-pub enum SandboxError {
-    #[error("Cannot find {what}: looked in {tried}")]
-    NotFound { what: &'static str, tried: String },
-    #[error("Cannot create the runtime directory {0}")]
-    RuntimeDir(PathBuf, #[source] std::io::Error),
-    #[error("Cannot start husk-vmm ({0})")]
-    Spawn(PathBuf, #[source] std::io::Error),
-    #[error("husk-vmm exited ({status}) before the agent answered; guest console:\n{console}")]
-    VmmExited {
-        status: String,
-        console: String,
-        /// The guest reset or crashed (husk-vmm's exit statuses 3 and 4), as opposed to a VMM
-        /// that could not start it.
-        guest_failed: bool,
-    },
-    #[error("The agent did not answer within {0:?} (last attempt: {1}); guest console:\n{2}")]
-    Timeout(Duration, String, String),
-    #[error("Agent call failed")]
-    Agent(#[source] ttrpc::Error),
-}
+use crate::agent::{ctx, unbounded, AgentError};
+use crate::container::{self, harmless_before_start, Container, Exit, Phase, Process, Stdio};
+use crate::error::{Error, Result};
+use crate::host::{BootedVm, Host};
+use crate::io::{self as pio, FifoIo};
+use crate::spec;
+use crate::storage::{Bind, RootfsMount};
 
-impl SandboxError {
-    /// The guest itself did not come up (it reset or crashed before its agent answered, or its
-    /// agent never answered), although the VMM ran: a fresh boot may well succeed.
-    pub fn guest_failed_to_boot(&self) -> bool {
-        matches!(
-            self,
-            SandboxError::Timeout(..)
-                | SandboxError::VmmExited {
-                    guest_failed: true,
-                    ..
-                }
-        )
-    }
-}
-
-/// What the VM gets.
+/// What the sandbox announces; the service turns these into containerd's task events.
 #[derive(Clone, Debug)]
-pub struct SandboxConfig {
-    pub vmm: PathBuf,
-    pub kernel: PathBuf,
-    pub initrd: PathBuf,
-    pub vcpus: u8,
-    pub memory_mib: u64,
-    /// Extra kernel parameters (e.g. `agent.log=debug`).
-    pub kernel_params: Option<String>,
-    /// How long to wait for the agent's first answer.
-    pub boot_timeout: Duration,
-    /// Host directories shared with the guest (virtio-fs), mounted by the agent at boot.
-    pub volumes: Vec<Volume>,
-    /// The VM's runtime directory (sockets, console log); a fresh one when `None`. It must not
-    /// exist yet, and it is removed with the VM.
-    pub runtime_dir: Option<PathBuf>,
-    /// virtio-fs cache mode of the volumes (`never`, `auto`, `always`); husk-vmm's default
-    /// when `None`.
-    pub fs_cache: Option<String>,
-    /// A cgroup's `cgroup.procs`: the VMM joins that cgroup before it runs, so that everything
-    /// it allocates is charged there.
-    pub cgroup_procs: Option<PathBuf>,
+pub enum TaskEvent {
+    Create {
+        id: String,
+        bundle: String,
+        rootfs: Vec<RootfsMount>,
+        stdio: Stdio,
+        pid: u32,
+    },
+    Start {
+        id: String,
+        pid: u32,
+    },
+    ExecAdded {
+        id: String,
+        exec_id: String,
+    },
+    ExecStarted {
+        id: String,
+        exec_id: String,
+        pid: u32,
+    },
+    /// `id` is the container's; `process` is the container id for an init, else the exec id.
+    Exit {
+        id: String,
+        process: String,
+        pid: u32,
+        exit: Exit,
+    },
+    Delete {
+        id: String,
+        pid: u32,
+        exit: Exit,
+    },
+    Paused {
+        id: String,
+    },
+    Resumed {
+        id: String,
+    },
+    Oom {
+        id: String,
+    },
 }
 
-/// `HOSTDIR:GUESTDIR[:ro]`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Volume {
-    pub host: PathBuf,
-    pub guest: String,
-    pub read_only: bool,
+pub trait Events: Send + Sync {
+    fn publish(&self, event: TaskEvent);
 }
 
-impl std::str::FromStr for Volume {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let parts: Vec<&str> = s.split(':').collect();
-        let (host, guest, read_only) = match parts.as_slice() {
-            [h, g] => (h, g, false),
-            [h, g, "ro"] => (h, g, true),
-            [h, g, "rw"] => (h, g, false),
-            _ => return Err(format!("volume {s:?} is not HOSTDIR:GUESTDIR[:ro]")),
-        };
-        if !guest.starts_with('/') || guest.contains(char::is_whitespace) {
-            return Err(format!(
-                "guest directory {guest:?} must be an absolute path without spaces"
-            ));
-        }
-        let host = std::fs::canonicalize(host).map_err(|e| format!("volume {host}: {e}"))?;
-        if !host.is_dir() {
-            return Err(format!("volume {}: not a directory", host.display()));
-        }
-        Ok(Volume {
-            host,
-            guest: guest.to_string(),
-            read_only,
-        })
-    }
+/// How often the shim asks the agent whether it is alive, how long each answer may take, and
+/// how many missed answers in a row mean the guest is gone (its VMM is then killed: its
+/// processes' waits fail, their tasks stop with status 255 and containerd can delete them).
+#[derive(Clone, Copy, Debug)]
+pub struct HealthPolicy {
+    pub period: Duration,
+    pub timeout: Duration,
+    pub misses: u32,
 }
 
-/// Where the guest image may be: installed, beside the binary (a build tree), or in the
-/// current directory's build tree.
-pub fn guest_image_dirs() -> Vec<PathBuf> {
-    let mut dirs = vec![PathBuf::from("/usr/share/kata-containers/husk")];
-    if let Some(exe_dir) = std::env::current_exe()
-        .ok()
-        .and_then(|e| e.parent().map(Path::to_path_buf))
-    {
-        dirs.push(exe_dir.join("../guest"));
-    }
-    dirs.push(PathBuf::from("target/guest"));
-    dirs
-}
-
-/// `husk-vmm`: beside the running binary, else on PATH.
-pub fn find_vmm() -> Result<PathBuf, SandboxError> {
-    let mut tried = Vec::new();
-    if let Some(dir) = std::env::current_exe()
-        .ok()
-        .and_then(|e| e.parent().map(Path::to_path_buf))
-    {
-        let p = dir.join("husk-vmm");
-        if p.is_file() {
-            return Ok(p);
-        }
-        tried.push(p.display().to_string());
-    }
-    for dir in std::env::var("PATH").unwrap_or_default().split(':') {
-        let p = Path::new(dir).join("husk-vmm");
-        if p.is_file() {
-            return Ok(p);
+impl Default for HealthPolicy {
+    fn default() -> Self {
+        HealthPolicy {
+            period: Duration::from_secs(10),
+            timeout: Duration::from_secs(10),
+            misses: 3,
         }
     }
-    tried.push("$PATH".into());
-    Err(SandboxError::NotFound {
-        what: "husk-vmm",
-        tried: tried.join(", "),
-    })
 }
 
-pub fn find_guest_image() -> Result<(PathBuf, PathBuf), SandboxError> {
-    let dirs = guest_image_dirs();
-    dirs.iter()
-        .find(|d| d.join("vmlinux").is_file() && d.join("initramfs.img").is_file())
-        .map(|d| (d.join("vmlinux"), d.join("initramfs.img")))
-        .ok_or_else(|| SandboxError::NotFound {
-            what: "the guest image (vmlinux + initramfs.img)",
-            tried: dirs
-                .iter()
-                .map(|d| d.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", "),
-        })
+pub struct CreateRequest {
+    pub id: String,
+    pub bundle: PathBuf,
+    pub rootfs: Vec<RootfsMount>,
+    pub stdio: Stdio,
 }
 
-/// The `husk-vmm` child and its runtime directory; dropping it kills the VM and removes the
-/// directory (sockets, console log).
-struct VmProcess {
-    child: Child,
-    dir: PathBuf,
+enum VmSlot {
+    Down,
+    Booting,
+    Up(Arc<BootedVm>),
+    Stopping,
 }
 
-impl Drop for VmProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+struct Inner {
+    vm: VmSlot,
+    containers: HashMap<String, Container>,
+    /// Ids being created or deleted: not in `containers`, but not free either.
+    busy: HashSet<String>,
+    shut_down: bool,
 }
 
 pub struct Sandbox {
-    pub agent: AgentServiceClient,
-    pub health: HealthClient,
-    vm: VmProcess,
+    id: String,
+    host: Box<dyn Host>,
+    events: Arc<dyn Events>,
+    health: HealthPolicy,
+    inner: Mutex<Inner>,
+    changed: Condvar,
 }
 
 impl Sandbox {
-    /// Boots the VM and connects to its agent. Agent log lines go to `log` as they arrive.
-    pub fn start(
-        config: &SandboxConfig,
-        log: Box<dyn Write + Send>,
-    ) -> Result<Sandbox, SandboxError> {
-        let dir = match &config.runtime_dir {
-            Some(d) => {
-                std::fs::create_dir_all(d).map_err(|e| SandboxError::RuntimeDir(d.clone(), e))?;
-                d.clone()
-            }
-            None => make_runtime_dir()?,
-        };
-        let sock = dir.join("vsock.sock");
-        let console = dir.join("console.log");
-        // The agent connects to the host's port 1025 for its log: listen before it boots.
-        let log_path = format!("{}_{}", sock.display(), husk_agent_protocol::LOG_PORT);
-        let log_listener = match UnixListener::bind(&log_path) {
-            Ok(l) => l,
-            Err(e) => {
-                let _ = std::fs::remove_dir_all(&dir);
-                return Err(SandboxError::RuntimeDir(dir, e));
-            }
-        };
-        // Ends when the VM is gone (the agent's connection closes).
-        std::thread::spawn(move || copy_log(log_listener, log));
-
-        let mut cmd = Command::new(&config.vmm);
-        cmd.arg("--kernel")
-            .arg(&config.kernel)
-            .arg("--initrd")
-            .arg(&config.initrd)
-            .args(["--vcpus", &config.vcpus.to_string()])
-            .args(["--memory", &config.memory_mib.to_string()])
-            .arg("--console")
-            .arg(&console)
-            .arg("--vsock-uds")
-            .arg(&sock)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut params: Vec<String> = config.kernel_params.iter().cloned().collect();
-        for (i, v) in config.volumes.iter().enumerate() {
-            let tag = format!("vol{i}");
-            cmd.arg("--fs").arg(format!(
-                "tag={tag},path={}{}{}",
-                v.host.display(),
-                config
-                    .fs_cache
-                    .as_ref()
-                    .map(|c| format!(",cache={c}"))
-                    .unwrap_or_default(),
-                if v.read_only { ",ro" } else { "" }
-            ));
-            params.push(format!(
-                "agent.mount={tag}:{}{}",
-                v.guest,
-                if v.read_only { ":ro" } else { "" }
-            ));
-        }
-        if !params.is_empty() {
-            cmd.args(["--append", &params.join(" ")]);
-        }
-        if let Some(procs) = &config.cgroup_procs {
-            let procs = std::ffi::CString::new(procs.as_os_str().as_bytes()).map_err(|_| {
-                SandboxError::Spawn(config.vmm.clone(), std::io::ErrorKind::InvalidInput.into())
-            })?;
-            // SAFETY: between fork and exec only async-signal-safe calls (open, write, close) on
-            // memory prepared before the fork.
-            unsafe {
-                cmd.pre_exec(move || {
-                    let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-                    if fd < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    // "0" is the writing process itself.
-                    let n = libc::write(fd, b"0".as_ptr().cast(), 1);
-                    let err = std::io::Error::last_os_error();
-                    libc::close(fd);
-                    if n != 1 {
-                        return Err(err);
-                    }
-                    Ok(())
-                });
-            }
-        }
-        let child = match cmd.spawn() {
-            Ok(c) => c,
-            Err(e) => {
-                let _ = std::fs::remove_dir_all(&dir);
-                return Err(SandboxError::Spawn(config.vmm.clone(), e));
-            }
-        };
-        let mut vm = VmProcess { child, dir };
-        let client = connect(&mut vm.child, &sock, &console, config.boot_timeout)?;
-        Ok(Sandbox {
-            agent: AgentServiceClient::new(client.clone()),
-            health: HealthClient::new(client),
-            vm,
+    pub fn new(
+        id: &str,
+        host: Box<dyn Host>,
+        events: Arc<dyn Events>,
+        health: HealthPolicy,
+    ) -> Arc<Sandbox> {
+        Arc::new(Sandbox {
+            id: id.into(),
+            host,
+            events,
+            health,
+            inner: Mutex::new(Inner {
+                vm: VmSlot::Down,
+                containers: HashMap::new(),
+                busy: HashSet::new(),
+                shut_down: false,
+            }),
+            changed: Condvar::new(),
         })
     }
 
-    pub fn runtime_dir(&self) -> &Path {
-        &self.vm.dir
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().expect("sandbox lock")
     }
 
-    /// The last lines of the guest's console, for diagnosing a VM that went away.
-    pub fn console_tail(&self) -> String {
-        tail(&self.vm.dir.join("console.log"))
+    fn publish(&self, event: TaskEvent) {
+        self.events.publish(event);
     }
 
-    /// The VMM's pid (for measurements).
-    pub fn vmm_pid(&self) -> u32 {
-        self.vm.child.id()
+    fn publish_exit(&self, p: &Process, exit: Exit) {
+        self.publish(TaskEvent::Exit {
+            id: p.container.clone(),
+            process: p.id().to_string(),
+            pid: p.pid,
+            exit,
+        });
     }
-}
 
-/// Connects to the agent's port through the hybrid-vsock socket, retrying until the agent
-/// listens and answers a health check, the VMM exits, or `timeout` passes.
-fn connect(
-    vmm: &mut Child,
-    sock: &Path,
-    console: &Path,
-    timeout: Duration,
-) -> Result<ttrpc::Client, SandboxError> {
-    let deadline = Instant::now() + timeout;
-    let mut last = String::from("the agent's port never accepted");
-    loop {
-        if let Ok(Some(status)) = vmm.try_wait() {
-            let mut err = String::new();
-            if let Some(mut e) = vmm.stderr.take() {
-                let _ = e.read_to_string(&mut err);
+    /// The VM, if it is up.
+    fn vm(&self) -> Result<Arc<BootedVm>> {
+        match &self.lock().vm {
+            VmSlot::Up(vm) => Ok(vm.clone()),
+            _ => Err(Error::VmNotRunning),
+        }
+    }
+
+    /// The process `exec_id` of container `id` (its init when empty), and the bundle.
+    pub fn process(&self, id: &str, exec_id: &str) -> Result<(Arc<Process>, String)> {
+        let inner = self.lock();
+        let c = inner
+            .containers
+            .get(id)
+            .ok_or_else(|| Error::ContainerNotFound(id.into()))?;
+        Ok((c.process(exec_id)?, c.bundle.clone()))
+    }
+
+    /// The VM, booting it if it is down; waits for a boot or a stop in progress.
+    fn acquire_vm(self: &Arc<Self>, spec_cgroup: Option<&str>) -> Result<Arc<BootedVm>> {
+        let mut inner = self.lock();
+        loop {
+            match &inner.vm {
+                VmSlot::Up(vm) => return Ok(vm.clone()),
+                VmSlot::Booting | VmSlot::Stopping => {
+                    inner = self.changed.wait(inner).expect("sandbox lock")
+                }
+                VmSlot::Down => break,
             }
-            let err = err.trim();
-            return Err(SandboxError::VmmExited {
-                guest_failed: matches!(status.code(), Some(3 | 4)),
-                status: if err.is_empty() {
-                    status.to_string()
-                } else {
-                    format!("{status}: {err}")
-                },
-                console: tail(console),
+        }
+        inner.vm = VmSlot::Booting;
+        drop(inner);
+        let booted = self.host.boot(spec_cgroup);
+        let mut inner = self.lock();
+        let result = match booted {
+            Ok(vm) => {
+                let vm = Arc::new(vm);
+                inner.vm = VmSlot::Up(vm.clone());
+                Ok(vm)
+            }
+            Err(e) => {
+                inner.vm = VmSlot::Down;
+                Err(e)
+            }
+        };
+        drop(inner);
+        self.changed.notify_all();
+        if let Ok(vm) = &result {
+            self.watch_oom(vm);
+            self.watch_health(Arc::downgrade(vm));
+        }
+        result
+    }
+
+    /// Stops the VM and removes the sandbox's host state when no container is left.
+    fn stop_if_idle(&self) {
+        let vm = {
+            let mut inner = self.lock();
+            if !inner.containers.is_empty() || !inner.busy.is_empty() {
+                return;
+            }
+            match std::mem::replace(&mut inner.vm, VmSlot::Stopping) {
+                VmSlot::Up(vm) => vm,
+                other => {
+                    inner.vm = other;
+                    return;
+                }
+            }
+        };
+        vm.kill();
+        drop(vm);
+        self.host.teardown();
+        self.lock().vm = VmSlot::Down;
+        self.changed.notify_all();
+        tracing::info!(sandbox = %self.id, "sandbox VM stopped");
+    }
+
+    /// Ends the shim: no container is left and none may come.
+    fn finish(&self) {
+        self.lock().shut_down = true;
+        self.changed.notify_all();
+    }
+
+    /// Blocks until the sandbox was shut down.
+    pub fn wait_shutdown(&self) {
+        let mut inner = self.lock();
+        while !inner.shut_down {
+            inner = self.changed.wait(inner).expect("sandbox lock");
+        }
+    }
+
+    /// containerd's Shutdown: ends the shim if the sandbox has no container left.
+    pub fn shutdown(&self) {
+        {
+            let inner = self.lock();
+            if !inner.containers.is_empty() || !inner.busy.is_empty() {
+                return;
+            }
+        }
+        self.stop_if_idle();
+        self.finish();
+    }
+
+    pub fn create(self: &Arc<Self>, req: CreateRequest) -> Result<u32> {
+        // The id names host directories: nothing that could climb out of them.
+        container::check_id(&req.id)?;
+        let oci = spec::read_bundle_spec(&req.bundle)?;
+        {
+            let mut inner = self.lock();
+            if inner.shut_down {
+                return Err(Error::ShuttingDown);
+            }
+            if inner.containers.contains_key(&req.id) || !inner.busy.insert(req.id.clone()) {
+                return Err(Error::ContainerExists(req.id));
+            }
+        }
+        let created = self.create_in_vm(&req, oci);
+        let pid = created.as_ref().map(|vm| vm.vmm_pid).unwrap_or(0);
+        {
+            let mut inner = self.lock();
+            inner.busy.remove(&req.id);
+            if created.is_ok() {
+                let init = Process::new(&req.id, "", pid, req.stdio.clone(), Vec::new());
+                inner.containers.insert(
+                    req.id.clone(),
+                    Container {
+                        bundle: req.bundle.display().to_string(),
+                        init: Arc::new(init),
+                        execs: HashMap::new(),
+                    },
+                );
+            }
+        }
+        if let Err(e) = created {
+            self.stop_if_idle();
+            let idle = {
+                let inner = self.lock();
+                inner.containers.is_empty() && inner.busy.is_empty()
+            };
+            if idle {
+                self.finish();
+            }
+            return Err(e);
+        }
+        tracing::info!(container = %req.id, "created");
+        self.publish(TaskEvent::Create {
+            id: req.id.clone(),
+            bundle: req.bundle.display().to_string(),
+            rootfs: req.rootfs.clone(),
+            stdio: req.stdio.clone(),
+            pid,
+        });
+        Ok(pid)
+    }
+
+    /// Boots the VM if needed, mounts the container's files and creates it in the guest;
+    /// undoes its own part on failure.
+    fn create_in_vm(
+        self: &Arc<Self>,
+        req: &CreateRequest,
+        oci: serde_json::Value,
+    ) -> Result<Arc<BootedVm>> {
+        let vm = self.acquire_vm(oci["linux"]["cgroupsPath"].as_str())?;
+        let host_name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        let guest = spec::for_guest(&req.id, oci, host_name.trim());
+        for d in &guest.dropped {
+            tracing::warn!(container = %req.id, "ignored from the spec: {d}");
+        }
+        let binds: Vec<Bind> = guest
+            .binds
+            .iter()
+            .map(|b| Bind {
+                source: b.host.clone(),
+                target: b.share_rel.clone(),
+                read_only: b.read_only,
+            })
+            .collect();
+        let result = self
+            .host
+            .mount_container(&req.id, &req.bundle, &req.rootfs, &binds)
+            .and_then(|_| {
+                let r = pb::CreateContainerRequest {
+                    container_id: req.id.clone(),
+                    oci_spec: serde_json::to_vec(&guest.spec).expect("a JSON value serialises"),
+                    ..Default::default()
+                };
+                vm.agent
+                    .api()
+                    .create_container(ctx(), &r)
+                    .map_err(|e| Error::agent("create the container in the VM")(e.into()))
             });
+        if let Err(e) = result {
+            self.host.unmount_container(&req.id);
+            return Err(e);
         }
-        if Instant::now() > deadline {
-            return Err(SandboxError::Timeout(timeout, last, tail(console)));
-        }
-        if let Some(stream) = hybrid_connect(sock, husk_agent_protocol::AGENT_PORT) {
-            let client = ttrpc::Client::new(stream.into_raw_fd()).map_err(SandboxError::Agent)?;
-            let health = HealthClient::new(client.clone());
-            let ctx = ttrpc::context::with_timeout(Duration::from_secs(10).as_nanos() as i64);
-            match health.check(ctx, &CheckRequest::new()) {
-                Ok(_) => return Ok(client),
-                Err(e) => last = format!("health check failed: {}", rpc_message(&e)),
+        Ok(vm)
+    }
+
+    pub fn start(self: &Arc<Self>, id: &str, exec_id: &str) -> Result<u32> {
+        let (p, _) = self.process(id, exec_id)?;
+        p.begin_start()?;
+        match self.start_in_vm(&p) {
+            Ok((conn, io)) => {
+                p.started();
+                self.watch_exit(conn, p.clone(), io.outputs_done, io.outputs);
+                self.publish(if exec_id.is_empty() {
+                    TaskEvent::Start {
+                        id: id.into(),
+                        pid: p.pid,
+                    }
+                } else {
+                    TaskEvent::ExecStarted {
+                        id: id.into(),
+                        exec_id: exec_id.into(),
+                        pid: p.pid,
+                    }
+                });
+                Ok(p.pid)
+            }
+            Err(e) => {
+                if let Some(exit) = p.start_failed() {
+                    self.publish_exit(&p, exit);
+                }
+                Err(e)
             }
         }
-        std::thread::sleep(Duration::from_millis(20));
     }
-}
 
-/// The human part of an agent error: the status message for an RPC status, else the error.
-pub fn rpc_message(e: &ttrpc::Error) -> String {
-    match e {
-        ttrpc::Error::RpcStatus(s) => s.message.clone(),
-        other => other.to_string(),
-    }
-}
-
-/// `CONNECT <port>\n` on the hybrid-vsock socket; `None` if the guest does not accept (yet).
-pub fn hybrid_connect(sock: &Path, port: u32) -> Option<UnixStream> {
-    let mut stream = UnixStream::connect(sock).ok()?;
-    stream
-        .write_all(format!("CONNECT {port}\n").as_bytes())
-        .ok()?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .ok()?;
-    // Read the reply byte by byte: nothing after its newline belongs to us.
-    let mut line = Vec::new();
-    let mut b = [0u8; 1];
-    while line.len() < 32 {
-        match stream.read(&mut b) {
-            Ok(1) if b[0] == b'\n' => break,
-            Ok(1) => line.push(b[0]),
-            _ => return None,
+    fn start_in_vm(&self, p: &Process) -> Result<(AgentServiceClient, FifoIo)> {
+        let vm = self.vm()?;
+        let conn = vm.agent.process_connection().map_err(Error::agent(
+            "connect to the agent for the process's streams",
+        ))?;
+        let (cid, eid) = (p.container.as_str(), p.exec_id.as_str());
+        if eid.is_empty() {
+            // Output readers first: nothing the process writes at once is lost.
+            let io = self.start_io(&conn, p);
+            let r = pb::StartContainerRequest {
+                container_id: cid.into(),
+                ..Default::default()
+            };
+            vm.agent
+                .api()
+                .start_container(ctx(), &r)
+                .map_err(|e| Error::agent("start the container")(e.into()))?;
+            Ok((conn, io))
+        } else {
+            let mut process: serde_json::Value = serde_json::from_slice(&p.spec)
+                .map_err(|e| Error::InvalidRequest(format!("exec spec: {e}")))?;
+            process["terminal"] = serde_json::Value::Bool(p.stdio.terminal);
+            let r = pb::ExecProcessRequest {
+                container_id: cid.into(),
+                exec_id: eid.into(),
+                oci_process: serde_json::to_vec(&process).expect("a JSON value serialises"),
+                ..Default::default()
+            };
+            vm.agent
+                .api()
+                .exec_process(ctx(), &r)
+                .map_err(|e| Error::agent("start the exec")(e.into()))?;
+            let io = self.start_io(&conn, p);
+            Ok((conn, io))
         }
     }
-    if !line.starts_with(b"OK ") {
-        return None;
-    }
-    stream.set_read_timeout(None).ok()?;
-    Some(stream)
-}
 
-fn copy_log(listener: UnixListener, mut out: Box<dyn Write + Send>) {
-    // One agent, one connection; a rebooted agent would connect again.
-    for stream in listener.incoming() {
-        let Ok(stream) = stream else { return };
-        for line in BufReader::new(stream).lines() {
-            let Ok(line) = line else { break };
-            let _ = writeln!(out, "{line}");
+    /// Starts the process's stdio copiers. The stdin copier is known to CloseIO at once:
+    /// containerd may close stdin while Start is still on its way (ctr run with a short input).
+    fn start_io(&self, conn: &AgentServiceClient, p: &Process) -> FifoIo {
+        let mut io = pio::start_fifo_io(conn, &p.container, &p.exec_id, &p.stdio);
+        *p.stdin_copier.lock().expect("stdin lock") = io.stdin.take();
+        io
+    }
+
+    pub fn delete(&self, id: &str, exec_id: &str) -> Result<(u32, Exit)> {
+        if !exec_id.is_empty() {
+            let p = {
+                let mut inner = self.lock();
+                let c = inner
+                    .containers
+                    .get_mut(id)
+                    .ok_or_else(|| Error::ContainerNotFound(id.into()))?;
+                let p = c.process(exec_id)?;
+                if matches!(p.phase(), Phase::Running | Phase::Starting) {
+                    return Err(Error::StillRunning(format!("Exec {exec_id}")));
+                }
+                c.execs.remove(exec_id);
+                p
+            };
+            if let Some(exit) = p.never_ran(libc::SIGKILL as u32) {
+                self.publish_exit(&p, exit);
+            }
+            return Ok((p.pid, p.wait()));
+        }
+        let c = {
+            let mut inner = self.lock();
+            let c = inner
+                .containers
+                .get(id)
+                .ok_or_else(|| Error::ContainerNotFound(id.into()))?;
+            if matches!(c.init.phase(), Phase::Running | Phase::Starting) {
+                return Err(Error::StillRunning(format!("Container {id}")));
+            }
+            inner.busy.insert(id.into());
+            inner.containers.remove(id).expect("looked up above")
+        };
+        for p in std::iter::once(&c.init).chain(c.execs.values()) {
+            if let Some(exit) = p.never_ran(libc::SIGKILL as u32) {
+                self.publish_exit(p, exit);
+            }
+        }
+        if let Ok(vm) = self.vm() {
+            let r = pb::RemoveContainerRequest {
+                container_id: id.into(),
+                ..Default::default()
+            };
+            if let Err(e) = vm.agent.api().remove_container(ctx(), &r) {
+                let e = AgentError::from(e);
+                tracing::warn!(container = %id, error = %e, "the agent could not remove the container");
+            }
+        }
+        self.host.unmount_container(id);
+        self.lock().busy.remove(id);
+        let exit = c.init.wait();
+        tracing::info!(container = %id, "deleted");
+        self.publish(TaskEvent::Delete {
+            id: id.into(),
+            pid: c.init.pid,
+            exit,
+        });
+        self.stop_if_idle();
+        Ok((c.init.pid, exit))
+    }
+
+    pub fn kill(&self, id: &str, exec_id: &str, signal: u32) -> Result<()> {
+        let (p, _) = self.process(id, exec_id)?;
+        if p.phase() == Phase::Created && !harmless_before_start(signal) {
+            if let Some(exit) = p.never_ran(signal) {
+                self.publish_exit(&p, exit);
+                return Ok(());
+            }
+        }
+        match p.phase() {
+            Phase::Stopped => return Err(Error::Finished(p.id().into())),
+            Phase::Created => return Ok(()),
+            Phase::Starting | Phase::Running => {}
+        }
+        let r = pb::SignalProcessRequest {
+            container_id: id.into(),
+            exec_id: exec_id.into(),
+            signal,
+            ..Default::default()
+        };
+        self.vm()?
+            .agent
+            .api()
+            .signal_process(ctx(), &r)
+            .map_err(|e| Error::agent("signal the process")(e.into()))?;
+        Ok(())
+    }
+
+    pub fn exec(&self, id: &str, exec_id: &str, stdio: Stdio, spec: Vec<u8>) -> Result<()> {
+        if serde_json::from_slice::<serde_json::Value>(&spec).is_err() {
+            return Err(Error::InvalidRequest(
+                "the exec has no valid OCI process spec".into(),
+            ));
+        }
+        {
+            let mut inner = self.lock();
+            let c = inner
+                .containers
+                .get_mut(id)
+                .ok_or_else(|| Error::ContainerNotFound(id.into()))?;
+            if exec_id.is_empty() {
+                return Err(Error::InvalidRequest("an exec needs an exec id".into()));
+            }
+            if c.execs.contains_key(exec_id) || exec_id == id {
+                return Err(Error::ExecExists(exec_id.into()));
+            }
+            let status = c.init.status();
+            if status.phase != Phase::Running {
+                return Err(Error::NotRunning(id.into()));
+            }
+            if status.paused {
+                return Err(Error::Paused(id.into()));
+            }
+            let p = Process::new(id, exec_id, c.init.pid, stdio, spec);
+            c.execs.insert(exec_id.into(), Arc::new(p));
+        }
+        self.publish(TaskEvent::ExecAdded {
+            id: id.into(),
+            exec_id: exec_id.into(),
+        });
+        Ok(())
+    }
+
+    /// Wait: blocks until the process stopped, however it stops (or never starts).
+    pub fn wait(&self, id: &str, exec_id: &str) -> Result<Exit> {
+        let (p, _) = self.process(id, exec_id)?;
+        Ok(p.wait())
+    }
+
+    /// Freezes (Pause) or thaws (Resume) every process of a running container, in the guest.
+    pub fn freeze(&self, id: &str, frozen: bool) -> Result<()> {
+        let (p, _) = self.process(id, "")?;
+        if p.phase() != Phase::Running {
+            return Err(Error::NotRunning(id.into()));
+        }
+        let r = pb::FreezeContainerRequest {
+            container_id: id.into(),
+            frozen,
+            ..Default::default()
+        };
+        let what = if frozen {
+            "pause the container"
+        } else {
+            "resume the container"
+        };
+        self.vm()?
+            .agent
+            .api()
+            .freeze_container(ctx(), &r)
+            .map_err(|e| Error::agent(what)(e.into()))?;
+        p.set_paused(frozen);
+        self.publish(if frozen {
+            TaskEvent::Paused { id: id.into() }
+        } else {
+            TaskEvent::Resumed { id: id.into() }
+        });
+        Ok(())
+    }
+
+    /// The container's processes, by guest pid (as Kata reports them).
+    pub fn pids(&self, id: &str) -> Result<Vec<u32>> {
+        let (p, _) = self.process(id, "")?;
+        if p.phase() == Phase::Created {
+            // Not started: only the init exists.
+            return Ok(vec![p.pid]);
+        }
+        let r = pb::ListProcessesRequest {
+            container_id: id.into(),
+            ..Default::default()
+        };
+        let list = self
+            .vm()?
+            .agent
+            .api()
+            .list_processes(ctx(), &r)
+            .map_err(|e| Error::agent("list the container's processes")(e.into()))?;
+        Ok(list.pids)
+    }
+
+    pub fn resize_pty(&self, id: &str, exec_id: &str, width: u32, height: u32) -> Result<()> {
+        let (p, _) = self.process(id, exec_id)?;
+        if !p.stdio.terminal {
+            return Err(Error::NoTerminal);
+        }
+        let r = pb::TtyWinResizeRequest {
+            container_id: id.into(),
+            exec_id: exec_id.into(),
+            row: height,
+            column: width,
+            ..Default::default()
+        };
+        self.vm()?
+            .agent
+            .api()
+            .tty_win_resize(ctx(), &r)
+            .map_err(|e| Error::agent("resize the terminal")(e.into()))?;
+        Ok(())
+    }
+
+    /// Closes the process's stdin once what containerd already wrote to the fifo is delivered.
+    pub fn close_stdin(&self, id: &str, exec_id: &str) -> Result<()> {
+        let (p, _) = self.process(id, exec_id)?;
+        let vm = self.vm()?;
+        let copier = p.stdin_copier.lock().expect("stdin lock").take();
+        std::thread::spawn(move || {
+            if let Some(h) = copier {
+                for _ in 0..100 {
+                    if h.is_finished() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+            pio::close_stdin(vm.agent.api(), &p.container, &p.exec_id);
+        });
+        Ok(())
+    }
+
+    /// Applies new resources (OCI `LinuxResources` as JSON) to the container.
+    pub fn update(&self, id: &str, resources: Vec<u8>) -> Result<()> {
+        self.process(id, "")?;
+        let r = pb::UpdateContainerRequest {
+            container_id: id.into(),
+            resources,
+            ..Default::default()
+        };
+        self.vm()?
+            .agent
+            .api()
+            .update_container(ctx(), &r)
+            .map_err(|e| Error::agent("update the container's resources")(e.into()))?;
+        Ok(())
+    }
+
+    pub fn stats(&self, id: &str) -> Result<pb::StatsContainerResponse> {
+        self.process(id, "")?;
+        let r = pb::StatsContainerRequest {
+            container_id: id.into(),
+            ..Default::default()
+        };
+        self.vm()?
+            .agent
+            .api()
+            .stats_container(ctx(), &r)
+            .map_err(|e| Error::agent("read the container's statistics")(e.into()))
+    }
+
+    /// The VMM's pid, 0 while no VM runs.
+    pub fn vmm_pid(&self) -> u32 {
+        match &self.lock().vm {
+            VmSlot::Up(vm) => vm.vmm_pid,
+            _ => 0,
         }
     }
-}
 
-fn make_runtime_dir() -> Result<PathBuf, SandboxError> {
-    let base = std::env::var_os("XDG_RUNTIME_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/run/husk"));
-    let base = if std::fs::create_dir_all(&base).is_ok() {
-        base
-    } else {
-        std::env::temp_dir()
-    };
-    for i in 0..100u32 {
-        let dir = base.join(format!("sandbox-{}-{i}", std::process::id()));
-        match std::fs::create_dir(&dir) {
-            Ok(()) => return Ok(dir),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(SandboxError::RuntimeDir(dir, e)),
-        }
+    pub fn boot_retries(&self) -> u32 {
+        self.host.boot_retries()
     }
-    Err(SandboxError::RuntimeDir(
-        base,
-        std::io::ErrorKind::AlreadyExists.into(),
-    ))
-}
 
-/// The last lines of the guest console, for error messages.
-fn tail(console: &Path) -> String {
-    let text = std::fs::read_to_string(console).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(20)..].join("\n")
+    /// Waits for the process in the guest on its own connection, lets its output drain, then
+    /// records and announces its exit.
+    fn watch_exit(
+        self: &Arc<Self>,
+        conn: AgentServiceClient,
+        p: Arc<Process>,
+        outputs_done: std::sync::mpsc::Receiver<()>,
+        outputs: usize,
+    ) {
+        let this = self.clone();
+        std::thread::spawn(move || {
+            let req = pb::WaitProcessRequest {
+                container_id: p.container.clone(),
+                exec_id: p.exec_id.clone(),
+                ..Default::default()
+            };
+            let status = match conn.wait_process(unbounded(), &req) {
+                Ok(r) => r.status as u32,
+                Err(e) => {
+                    let console = this.vm().map(|vm| vm.console_tail()).unwrap_or_default();
+                    tracing::warn!(
+                        container = %p.container,
+                        error = %AgentError::from(e),
+                        %console,
+                        "lost the process: the agent connection failed"
+                    );
+                    container::UNKNOWN_EXIT
+                }
+            };
+            // Output written just before the exit is still in flight: let it reach the fifos,
+            // but do not hang on a background process that keeps the streams open.
+            for _ in 0..outputs {
+                if outputs_done.recv_timeout(Duration::from_secs(5)).is_err() {
+                    break;
+                }
+            }
+            if let Some(exit) = p.exited(status) {
+                this.publish_exit(&p, exit);
+            }
+        });
+    }
+
+    /// Publishes an OOM event for every out-of-memory kill the agent reports in one of this
+    /// sandbox's containers, until the VM goes.
+    fn watch_oom(self: &Arc<Self>, vm: &BootedVm) {
+        let conn = match vm.agent.process_connection() {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "no OOM events: cannot connect to the agent");
+                return;
+            }
+        };
+        let this = Arc::downgrade(self);
+        std::thread::spawn(move || loop {
+            let ev = match conn.get_oom_event(unbounded(), &pb::GetOOMEventRequest::default()) {
+                Ok(ev) => ev,
+                Err(e) => {
+                    tracing::debug!(error = %AgentError::from(e), "no more OOM events");
+                    return;
+                }
+            };
+            let Some(this) = this.upgrade() else { return };
+            // The guest names the container: only one of ours gets an event.
+            if this.lock().containers.contains_key(&ev.container_id) {
+                tracing::info!(container = %ev.container_id, "out-of-memory kill in the guest");
+                this.publish(TaskEvent::Oom {
+                    id: ev.container_id,
+                });
+            } else {
+                tracing::warn!("the guest reported an OOM kill for a container it does not have");
+            }
+        });
+    }
+
+    /// Kills the VMM of a guest that stopped answering (a hung kernel, a stuck agent). A dead
+    /// VMM needs nothing of this: its connections close on their own. Ends with the VM.
+    fn watch_health(&self, vm: Weak<BootedVm>) {
+        let policy = self.health;
+        let sandbox = self.id.clone();
+        std::thread::spawn(move || {
+            let mut missed = 0;
+            loop {
+                std::thread::sleep(policy.period);
+                let Some(vm) = vm.upgrade() else { return };
+                match vm.agent.check_health(policy.timeout) {
+                    Ok(()) => missed = 0,
+                    Err(e) => {
+                        missed += 1;
+                        tracing::warn!(%sandbox, missed, error = %e, "the agent did not answer its health check");
+                    }
+                }
+                if missed >= policy.misses {
+                    tracing::error!(%sandbox, console = %vm.console_tail(), "the guest stopped answering: killing its VM");
+                    vm.kill();
+                    return;
+                }
+            }
+        });
+    }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_a_guest_that_failed_gets_another_boot() {
-        let exited = |guest_failed| SandboxError::VmmExited {
-            status: "exit status: 3".into(),
-            console: String::new(),
-            guest_failed,
-        };
-        assert!(exited(true).guest_failed_to_boot());
-        assert!(!exited(false).guest_failed_to_boot());
-        let timeout = SandboxError::Timeout(Duration::from_secs(1), "x".into(), String::new());
-        assert!(timeout.guest_failed_to_boot());
-        let spawn = SandboxError::Spawn("/x".into(), std::io::ErrorKind::NotFound.into());
-        assert!(!spawn.guest_failed_to_boot());
-    }
-}
+#[path = "sandbox_tests.rs"]
+mod tests;

@@ -274,6 +274,36 @@ s_shim_crash() {
   leftovers
 }
 
+s_hostile_share() {
+  # A privileged container mounts the sandbox share over virtio-fs and tries to steer the shim
+  # out of the sandbox directory: its own mounts directory replaced by a symlink to a host
+  # directory, an entry pointing at /sys/fs/cgroup, a link where the pod's next container
+  # goes. The container is then deleted, and the next one is created where the link was aimed.
+  local victim=$WORK/victim a=--annotation
+  mkdir -p "$victim" "$WORK/vol" && echo keep > "$victim/file"
+  tmo $CTR run --runtime $KATA -d --privileged $a io.kubernetes.cri.sandbox-id=hs1 \
+    --mount "type=bind,src=$WORK/vol,dst=/vol,options=rbind:rw" $IMAGE hs1 sleep 600 || return 1
+  tmo $CTR task exec --exec-id x hs1 sh -c '
+    mkdir -p /share && mount -t virtiofs vol0 /share || { echo "cannot mount the share"; exit 1; }
+    ls /share/hs1 | sed "s/^/share entry /"
+    bind=$(ls /share/hs1/mounts | head -n 1)
+    rm -rf /share/hs1/mounts 2>&1 | head -n 1 | sed "s/^/rm mounts: /"
+    ln -s '"$victim"' /share/hs1/mounts/new 2>&1 | sed "s/^/ln in mounts: /"
+    mv /share/hs1/mounts /share/hs1/m2 2>&1 | sed "s/^/mv mounts: /"
+    ln -s /sys/fs/cgroup /share/hs1/x 2>&1 | sed "s/^/ln x: /"
+    ln -s '"$victim"' /share/hs2 2>&1 | sed "s/^/ln hs2: /"
+    echo from-guest > /share/hs1/rootfs/tmp/w && echo "rootfs writable"
+    echo from-guest > /share/hs1/mounts/$bind/g && echo "bind writable"
+  ' </dev/null
+  echo "exec status $?"
+  tmo $CTR run --runtime $KATA --rm $a io.kubernetes.cri.sandbox-id=hs1 $IMAGE hs2 echo hs2 runs </dev/null
+  husk_task_gone hs1
+  echo "victim $(cat "$victim/file" 2>&1)"
+  echo "victim entries $(ls -A "$victim" | wc -l)"
+  echo "volume $(cat "$WORK/vol/g" 2>&1)"
+  leftovers
+}
+
 s_cleanup() {
   sleep 1
   leftovers
@@ -300,7 +330,7 @@ s_missing_kernel() {
   $CTR container delete b2 2>/dev/null
 }
 
-scenarios=${*:-echo exit_status stdin tty oci update pause oom big_output exec events attach sigterm two pod restart bad_config missing_kernel vmm_killed vmm_hung shim_crash cleanup boot_retries}
+scenarios=${*:-echo exit_status stdin tty oci update pause oom big_output exec events attach sigterm two pod hostile_share restart bad_config missing_kernel vmm_killed vmm_hung shim_crash cleanup boot_retries}
 for s in $scenarios; do
   echo "=== begin $s"
   "s_$s" 2>&1

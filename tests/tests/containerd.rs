@@ -298,3 +298,36 @@ fn ctr_attach_gets_the_output_of_a_detached_container() {
     assert!(s.output.contains("attached tick 1"), "{}", s.output);
     assert!(s.output.contains("attached tick 3"), "{}", s.output);
 }
+
+#[test]
+fn a_hostile_container_cannot_steer_the_shim_through_the_share() {
+    let s = section("hostile_share");
+    assert_eq!(s.status, 0, "{}", s.output);
+    assert!(s.output.contains("share entry rootfs"), "{}", s.output);
+    // The guest's view of the share is read-only above the container's own files...
+    for attempt in [
+        "rm mounts: ",
+        "ln in mounts: ",
+        "mv mounts: ",
+        "ln x: ",
+        "ln hs2: ",
+    ] {
+        assert!(
+            s.after(attempt).contains("Read-only file system"),
+            "{attempt}\n{}",
+            s.output
+        );
+    }
+    // ...which stay as writable as the spec says.
+    assert!(s.output.contains("rootfs writable"), "{}", s.output);
+    assert!(s.output.contains("bind writable"), "{}", s.output);
+    assert_eq!(s.after("volume "), "from-guest", "{}", s.output);
+    assert!(s.output.contains("hs2 runs"), "{}", s.output);
+    // Nothing outside the sandbox was touched, nothing of it is left.
+    assert_eq!(s.after("victim "), "keep", "{}", s.output);
+    assert_eq!(s.after("victim entries "), "1", "{}", s.output);
+    assert_nothing_left(
+        s,
+        &["vmm pid", "sandbox dir", "mount ", "socket ", "cgroup "],
+    );
+}

@@ -14,7 +14,8 @@ use husk_agent_protocol::agent::*;
 use husk_agent_protocol::agent_ttrpc::AgentServiceClient;
 use husk_agent_protocol::health::CheckRequest;
 use husk_agent_protocol::ttrpc::context::Context;
-use husk_shim::sandbox::{find_guest_image, find_vmm, hybrid_connect, Sandbox, SandboxConfig};
+use husk_shim::agent::hybrid_connect;
+use husk_shim::vm::{find_guest_image, find_vmm, Vm as Sandbox, VmConfig as SandboxConfig};
 
 fn config(vcpus: u8) -> SandboxConfig {
     let (kernel, initrd) = find_guest_image().expect("guest image");
@@ -99,7 +100,7 @@ fn run(
 }
 
 fn check(sandbox: &Sandbox) -> bool {
-    let agent = &sandbox.agent;
+    let agent = sandbox.agent.api();
     let sock = sandbox.runtime_dir().join("vsock.sock");
     let mut all_ok = true;
     let mut report = |name: &str, r: Result<(), String>| match r {
@@ -114,11 +115,13 @@ fn check(sandbox: &Sandbox) -> bool {
         "health_and_version",
         (|| {
             let h = sandbox
-                .health
+                .agent
+                .health()
                 .check(Context::default(), &CheckRequest::new())
                 .map_err(|e| format!("{e:?}"))?;
             let v = sandbox
-                .health
+                .agent
+                .health()
                 .version(Context::default(), &CheckRequest::new())
                 .map_err(|e| format!("{e:?}"))?;
             if h.status.value() != 1 || v.agent_version.is_empty() {
@@ -229,7 +232,9 @@ fn check(sandbox: &Sandbox) -> bool {
             let _ = g.write_all(&[0xffu8; 200]);
             let mut g2 = UnixStream::connect(&sock).map_err(|e| e.to_string())?;
             let _ = g2.write_all(b"HELLO 1024\n");
-            let s = hybrid_connect(&sock, 1024).ok_or("no second connection to the agent")?;
+            let s = hybrid_connect(&sock, 1024)
+                .ok()
+                .ok_or("no second connection to the agent")?;
             drop(s);
             let (status, out, _) = run(agent, "after-garbage", &["/bin/echo", "still-here"])?;
             if status != 0 || out != b"still-here\n" {
@@ -260,7 +265,7 @@ fn bench() {
         last = Some(sb);
     }
     let sb = last.unwrap();
-    let agent = &sb.agent;
+    let agent = sb.agent.api();
     let mut execs = Vec::new();
     for i in 0..10 {
         let t = Instant::now();

@@ -24,7 +24,7 @@ use containerd_shim::protos::protobuf::Message;
 use containerd_shim::protos::shim::shim_ttrpc::create_task;
 use containerd_shim::protos::ttrpc;
 use containerd_shim::publisher::RemotePublisher;
-use husk_shim::task::{self, TaskHandle, TaskService};
+use husk_shim::service::{self, RemoteEvents, TaskService};
 
 const ENV_CONFIG_PATH: &str = "HUSK_CONFIG_PATH";
 
@@ -163,21 +163,16 @@ fn serve(flags: &containerd_shim::Flags) -> Result<()> {
     if flags.socket.is_empty() {
         bail!("-socket is required when serving");
     }
-    task::init_logging(Path::new("log"), flags.debug);
+    service::init_logging(Path::new("log"), flags.debug);
     let ttrpc_address =
         std::env::var("TTRPC_ADDRESS").context("TTRPC_ADDRESS is not set by containerd")?;
     let publisher = RemotePublisher::new(&ttrpc_address)
         .map_err(|e| anyhow!("cannot connect to containerd at {ttrpc_address}: {e}"))?;
     let config_path = std::env::var_os(ENV_CONFIG_PATH).map(PathBuf::from);
-    let service = Arc::new(TaskService::new(
-        &flags.namespace,
-        &flags.id,
-        config_path,
-        &ttrpc_address,
-        publisher,
-    ));
-    let mut services = create_task(Arc::new(TaskHandle(service.clone())));
-    for (name, handler) in create_task(Arc::new(TaskHandle(service.clone()))) {
+    let events = RemoteEvents::new(&flags.namespace, &ttrpc_address, publisher);
+    let service = TaskService::new(&flags.namespace, &flags.id, config_path, events);
+    let mut services = create_task(Arc::new(service.clone()));
+    for (name, handler) in create_task(Arc::new(service.clone())) {
         services.insert(
             name.replace("/containerd.task.v3.", "/containerd.task.v2."),
             handler,
@@ -225,7 +220,7 @@ fn delete(flags: &containerd_shim::Flags) -> Result<()> {
     let sandbox = husk_shim::spec::read_bundle_spec(&bundle)
         .map(|spec| husk_shim::spec::sandbox_id(&spec, &flags.id))
         .unwrap_or_else(|_| flags.id.clone());
-    task::cleanup_after_crash(&flags.namespace, &sandbox, &flags.id);
+    husk_shim::host::cleanup_after_crash(&flags.namespace, &sandbox, &flags.id);
     // The dead server's socket, unless a live shim still answers on it.
     let address = containerd_shim::socket_address(&flags.address, &flags.namespace, &sandbox);
     let sock_path = address.trim_start_matches("unix://");
@@ -234,7 +229,7 @@ fn delete(flags: &containerd_shim::Flags) -> Result<()> {
     }
     let resp = containerd_shim::api::DeleteResponse {
         exit_status: 128 + libc::SIGKILL as u32,
-        exited_at: Some(task::now()).into(),
+        exited_at: Some(service::now()).into(),
         ..Default::default()
     };
     let bytes = resp.write_to_bytes()?;

@@ -54,7 +54,7 @@ fn check(guest_dir: Option<PathBuf>) -> bool {
     }
     let dirs: Vec<PathBuf> = match guest_dir {
         Some(d) => vec![d],
-        None => husk_shim::sandbox::guest_image_dirs(),
+        None => husk_shim::vm::guest_image_dirs(),
     };
     match dirs
         .iter()

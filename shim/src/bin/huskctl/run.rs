@@ -1,6 +1,6 @@
 //! `huskctl run`: one command in a fresh microVM, with our stdio.
 
-use std::io::{IsTerminal, Read, Write};
+use std::io::{IsTerminal, Write};
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -10,11 +10,11 @@ use anyhow::{bail, Context as _};
 use husk_agent_protocol::agent::*;
 use husk_agent_protocol::agent_ttrpc::AgentServiceClient;
 use husk_agent_protocol::ttrpc::context::Context;
-use husk_shim::sandbox::{find_guest_image, find_vmm, rpc_message, Sandbox, SandboxConfig, Volume};
+use husk_shim::agent::rpc_message;
+use husk_shim::io::{pump_input, pump_output, Stream};
+use husk_shim::vm::{find_guest_image, find_vmm, Vm, VmConfig, Volume};
 
 const EXEC_ID: &str = "huskctl-run";
-/// Bytes asked for per ReadStdout/ReadStderr call.
-const READ_CHUNK: u32 = 128 * 1024;
 
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
@@ -131,60 +131,19 @@ fn watch_signals(set: libc::sigset_t, agent: AgentServiceClient, vmm_pid: u32, d
     });
 }
 
-fn copy_output(agent: AgentServiceClient, stderr: bool) -> std::thread::JoinHandle<()> {
+/// Copies one output stream of the command to ours.
+fn copy_output(agent: AgentServiceClient, stream: Stream) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
-        let req = ReadStreamRequest {
-            exec_id: EXEC_ID.into(),
-            len: READ_CHUNK,
-            ..Default::default()
+        let out: Box<dyn Write + Send> = match stream {
+            Stream::Stdout => Box::new(std::io::stdout()),
+            Stream::Stderr => Box::new(std::io::stderr()),
         };
-        loop {
-            let res = if stderr {
-                agent.read_stderr(Context::default(), &req)
-            } else {
-                agent.read_stdout(Context::default(), &req)
-            };
-            let data = match res {
-                Ok(r) if !r.data.is_empty() => r.data,
-                _ => return,
-            };
-            let ok = if stderr {
-                std::io::stderr().write_all(&data).is_ok()
-            } else {
-                let mut out = std::io::stdout().lock();
-                out.write_all(&data).and_then(|_| out.flush()).is_ok()
-            };
-            if !ok {
-                return;
-            }
-        }
+        pump_output(&agent, "", EXEC_ID, stream, Some(out));
     })
 }
 
 fn copy_stdin(agent: AgentServiceClient) {
-    std::thread::spawn(move || {
-        let mut stdin = std::io::stdin().lock();
-        let mut buf = vec![0u8; 32 * 1024];
-        loop {
-            let n = match stdin.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => n,
-            };
-            let req = WriteStreamRequest {
-                exec_id: EXEC_ID.into(),
-                data: buf[..n].to_vec(),
-                ..Default::default()
-            };
-            if agent.write_stdin(Context::default(), &req).is_err() {
-                return;
-            }
-        }
-        let req = CloseStdinRequest {
-            exec_id: EXEC_ID.into(),
-            ..Default::default()
-        };
-        let _ = agent.close_stdin(Context::default(), &req);
-    });
+    std::thread::spawn(move || pump_input(&agent, "", EXEC_ID, std::io::stdin()));
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<i32> {
@@ -199,7 +158,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
             (k.unwrap_or(dk), i.unwrap_or(di))
         }
     };
-    let config = SandboxConfig {
+    let config = VmConfig {
         vmm: find_vmm()?,
         kernel,
         initrd,
@@ -217,8 +176,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
     } else {
         Box::new(std::io::sink())
     };
-    let sandbox = Sandbox::start(&config, log).context("cannot start the microVM")?;
-    let agent = sandbox.agent.clone();
+    let sandbox = Vm::start(&config, log).context("cannot start the microVM")?;
+    let agent = sandbox.agent.api().clone();
     watch_signals(
         signals,
         agent.clone(),
@@ -258,9 +217,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
     if args.tty {
         raw_terminal()?;
     }
-    let mut outputs = vec![copy_output(agent.clone(), false)];
+    let mut outputs = vec![copy_output(agent.clone(), Stream::Stdout)];
     if !args.tty {
-        outputs.push(copy_output(agent.clone(), true));
+        outputs.push(copy_output(agent.clone(), Stream::Stderr));
     }
     copy_stdin(agent.clone());
 

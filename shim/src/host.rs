@@ -1,0 +1,333 @@
+//! What a sandbox is made of on the host, and its undoing: the sandbox directory and its
+//! mounts (`storage`), the cgroup, the VM, and the record of all of it (`record`). The sandbox
+//! state machine reaches these only through the [`Host`] trait, so that its logic is tested
+//! against an in-process agent without root or KVM.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use crate::agent::Agent;
+use crate::error::{Error, Result};
+use crate::record::{ProcessIdentity, Record};
+use crate::spec::GUEST_SHARE;
+use crate::storage::{Bind, RootfsMount, SandboxStorage, StorageError};
+use crate::vm::{Vm, VmConfig, Volume};
+
+/// A booted sandbox VM: its agent, and the VMM process when there is one (tests have none).
+pub struct BootedVm {
+    pub agent: Agent,
+    pub vmm_pid: u32,
+    vm: Option<Vm>,
+}
+
+impl BootedVm {
+    /// A VM that is only an agent (an in-process fake in tests).
+    pub fn agent_only(agent: Agent, vmm_pid: u32) -> BootedVm {
+        BootedVm {
+            agent,
+            vmm_pid,
+            vm: None,
+        }
+    }
+
+    pub fn console_tail(&self) -> String {
+        self.vm.as_ref().map(Vm::console_tail).unwrap_or_default()
+    }
+
+    /// Kills the VMM of a guest that stopped answering.
+    pub fn kill(&self) {
+        if let Some(vm) = &self.vm {
+            vm.kill();
+        }
+    }
+}
+
+/// The host side of one sandbox.
+pub trait Host: Send + Sync {
+    /// Creates the sandbox's directory, cgroup and share, and boots its VM.
+    fn boot(&self, spec_cgroup: Option<&str>) -> Result<BootedVm>;
+    /// Mounts container `id`'s rootfs and binds where the guest finds them.
+    fn mount_container(
+        &self,
+        id: &str,
+        bundle: &Path,
+        rootfs: &[RootfsMount],
+        binds: &[Bind],
+    ) -> Result<()>;
+    /// Undoes everything `mount_container` did for `id`, even if it failed halfway.
+    fn unmount_container(&self, id: &str);
+    /// Removes what is left of the sandbox once its VM is gone.
+    fn teardown(&self);
+    /// Boots that needed a second attempt (the guest did not come up), for the log and tests.
+    fn boot_retries(&self) -> u32 {
+        0
+    }
+}
+
+/// The directory of a sandbox's host state: short, because socket paths live under it.
+pub fn sandbox_dir(namespace: &str, sandbox: &str) -> PathBuf {
+    // FNV-1a: stable across runs and builds, unlike std's hasher.
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in namespace.bytes().chain([0]).chain(sandbox.bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    PathBuf::from(format!("/run/husk/s/{h:016x}"))
+}
+
+/// The real thing: husk-vmm, cgroup v2 and mounts, from configuration.toml.
+pub struct HostSandbox {
+    namespace: String,
+    id: String,
+    config_path: Option<PathBuf>,
+    dir: PathBuf,
+    retries: AtomicU32,
+}
+
+impl HostSandbox {
+    pub fn new(namespace: &str, id: &str, config_path: Option<PathBuf>) -> HostSandbox {
+        HostSandbox {
+            namespace: namespace.into(),
+            id: id.into(),
+            config_path,
+            dir: sandbox_dir(namespace, id),
+            retries: AtomicU32::new(0),
+        }
+    }
+
+    fn record(&self) -> Record {
+        Record::new(&self.dir)
+    }
+
+    fn storage(&self) -> Option<SandboxStorage> {
+        SandboxStorage::open(&self.dir).ok()
+    }
+
+    fn vm_config(
+        &self,
+        storage: &SandboxStorage,
+        cgroup_procs: Option<PathBuf>,
+    ) -> Result<VmConfig> {
+        let cfg = crate::config::load(self.config_path.as_deref())?;
+        for w in &cfg.warnings {
+            tracing::warn!("{w}");
+        }
+        let hv = &cfg.hypervisor;
+        let vmm = match &hv.path {
+            Some(p) => p.clone(),
+            None => crate::vm::find_vmm().map_err(Error::Boot)?,
+        };
+        let (kernel, initrd) = match (&hv.kernel, &hv.initrd) {
+            (Some(k), Some(i)) => (k.clone(), i.clone()),
+            _ => {
+                let (k, i) = crate::vm::find_guest_image().map_err(Error::Boot)?;
+                (
+                    hv.kernel.clone().unwrap_or(k),
+                    hv.initrd.clone().unwrap_or(i),
+                )
+            }
+        };
+        for (key, path) in [("path", &vmm), ("kernel", &kernel), ("initrd", &initrd)] {
+            if !path.is_file() {
+                return Err(Error::MissingFile {
+                    key: format!("{}: hypervisor.husk.{key}", cfg.source.display()),
+                    path: path.clone(),
+                });
+            }
+        }
+        if cfg.runtime.sandbox_cgroup_only {
+            tracing::info!(
+                "sandbox_cgroup_only: the VMM is in the sandbox cgroup; the shim stays in its own"
+            );
+        }
+        let mut params = hv.kernel_params.clone();
+        if hv.enable_debug || cfg.runtime.enable_debug {
+            params.push_str(" agent.log=debug");
+        }
+        Ok(VmConfig {
+            vmm,
+            kernel,
+            initrd,
+            vcpus: hv.default_vcpus.clamp(1, 255) as u8,
+            memory_mib: hv.default_memory.into(),
+            kernel_params: Some(params.trim().to_string()).filter(|p| !p.is_empty()),
+            boot_timeout: Duration::from_secs(cfg.agent.dial_timeout.into()),
+            volumes: vec![Volume {
+                host: storage.guest_share(),
+                guest: GUEST_SHARE.into(),
+                read_only: false,
+            }],
+            runtime_dir: Some(self.dir.join("vm")),
+            fs_cache: Some(hv.virtio_fs_cache.clone()),
+            cgroup_procs,
+        })
+    }
+
+    fn boot_inner(&self, spec_cgroup: Option<&str>) -> Result<BootedVm> {
+        // A dead shim of the same sandbox may have left things behind.
+        if self.dir.exists() {
+            tracing::warn!(dir = %self.dir.display(), "cleaning up after an earlier shim of this sandbox");
+            self.teardown();
+        }
+        let storage = SandboxStorage::create(&self.dir)?;
+        let cgroup = crate::cgroup::sandbox_path(spec_cgroup, &self.namespace, &self.id);
+        // Recorded first, so that every cleanup (this one's failure, a crash) finds it.
+        self.record()
+            .update(|r| r.cgroup = Some(cgroup.clone()))
+            .map_err(StorageError::Record)?;
+        let cgroup_procs = crate::cgroup::create(&cgroup).map_err(Error::Cgroup)?;
+        if cgroup_procs.is_none() {
+            tracing::warn!("no cgroup v2 hierarchy: the VMM stays in the shim's cgroup");
+        }
+        let config = self.vm_config(&storage, cgroup_procs)?;
+        // A guest that resets or hangs before its agent answers gets one more boot: the failure
+        // is logged with its console (and counted by the test harness); a second one fails.
+        let mut attempt = 1;
+        let vm = loop {
+            match Vm::start(&config, Box::new(AgentLog)) {
+                Ok(vm) => break vm,
+                Err(e) if attempt == 1 && e.guest_failed_to_boot() => {
+                    tracing::warn!(sandbox = %self.id, error = %e, "the guest did not boot; booting it again");
+                    self.retries.fetch_add(1, Ordering::Relaxed);
+                    attempt += 1;
+                }
+                Err(e) => return Err(Error::Boot(e)),
+            }
+        };
+        let identity = ProcessIdentity::of(vm.vmm_pid());
+        self.record()
+            .update(|r| r.vmm = identity)
+            .map_err(StorageError::Record)?;
+        tracing::info!(sandbox = %self.id, vmm_pid = vm.vmm_pid(), "sandbox VM up");
+        Ok(BootedVm {
+            agent: vm.agent.clone(),
+            vmm_pid: vm.vmm_pid(),
+            vm: Some(vm),
+        })
+    }
+}
+
+impl Host for HostSandbox {
+    fn boot(&self, spec_cgroup: Option<&str>) -> Result<BootedVm> {
+        self.boot_inner(spec_cgroup)
+            .inspect_err(|_| self.teardown())
+    }
+
+    fn mount_container(
+        &self,
+        id: &str,
+        bundle: &Path,
+        rootfs: &[RootfsMount],
+        binds: &[Bind],
+    ) -> Result<()> {
+        let storage = SandboxStorage::open(&self.dir)?;
+        let record = self.record();
+        let mut note = |rel: &str| {
+            record
+                .update(|r| r.containers.entry(id.into()).or_default().push(rel.into()))
+                .map_err(StorageError::Record)
+        };
+        storage.mount_rootfs(id, bundle, rootfs, &mut note)?;
+        for b in binds {
+            storage.mount_bind(b, &mut note)?;
+        }
+        Ok(())
+    }
+
+    fn unmount_container(&self, id: &str) {
+        let Some(storage) = self.storage() else {
+            return;
+        };
+        let record = self.record();
+        let targets = record
+            .load()
+            .map(|r| r.containers.get(id).cloned().unwrap_or_default())
+            .unwrap_or_default();
+        storage.remove_container(id, &targets);
+        if let Err(e) = record.update(|r| r.containers.remove(id)) {
+            tracing::warn!(container = id, error = %e, "cannot update the sandbox record");
+        }
+    }
+
+    fn teardown(&self) {
+        let record = self.record();
+        let rec = match record.load() {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the sandbox record; removing what the layout names");
+                Default::default()
+            }
+        };
+        if let Some(storage) = self.storage() {
+            for (id, targets) in &rec.containers {
+                storage.remove_container(id, targets);
+            }
+        }
+        // The VMM of a crashed shim; our own is gone already.
+        if let Some(vmm) = rec.vmm {
+            vmm.kill();
+        }
+        if let Some(cgroup) = &rec.cgroup {
+            crate::cgroup::remove(cgroup);
+        }
+        let _ = std::fs::remove_dir_all(self.dir.join("vm"));
+        if let Some(storage) = self.storage() {
+            storage.teardown(&[Record::file_name()]);
+        }
+    }
+
+    fn boot_retries(&self) -> u32 {
+        self.retries.load(Ordering::Relaxed)
+    }
+}
+
+/// `containerd-shim-kata-v2 delete`: the shim of `sandbox` died; remove container `id`'s
+/// mounts, and the VM and sandbox directory when no other container is left.
+pub fn cleanup_after_crash(namespace: &str, sandbox: &str, id: &str) {
+    let host = HostSandbox::new(namespace, sandbox, None);
+    if !host.dir.exists() {
+        return;
+    }
+    host.unmount_container(id);
+    let others = host
+        .record()
+        .load()
+        .map(|r| r.containers.len())
+        .unwrap_or(0);
+    if others == 0 {
+        host.teardown();
+    }
+}
+
+/// Agent log lines become shim log lines.
+struct AgentLog;
+
+impl Write for AgentLog {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let text = String::from_utf8_lossy(buf);
+        let line = text.trim_end();
+        if !line.is_empty() {
+            tracing::info!(target: "husk_agent", "{line}");
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sandbox_dirs_are_short_and_stable() {
+        let a = sandbox_dir("k8s.io", &"f".repeat(64));
+        assert_eq!(a, sandbox_dir("k8s.io", &"f".repeat(64)));
+        assert_ne!(a, sandbox_dir("default", &"f".repeat(64)));
+        // Room for "vm/vsock.sock_1025" within a socket path's 108 bytes.
+        assert!(a.as_os_str().len() < 40);
+    }
+}
