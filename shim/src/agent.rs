@@ -19,8 +19,9 @@ use husk_agent_protocol::ttrpc;
 /// How an agent call failed: the agent answered with an error, or the connection did not work.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum AgentError {
+    /// The agent's answer: its status code as sent (`error` maps it to ours) and its message.
     #[error("{message}")]
-    Status { code: ttrpc::Code, message: String },
+    Status { code: i32, message: String },
     #[error("The agent connection failed: {0}")]
     Transport(String),
 }
@@ -29,7 +30,7 @@ impl From<ttrpc::Error> for AgentError {
     fn from(e: ttrpc::Error) -> AgentError {
         match e {
             ttrpc::Error::RpcStatus(s) => AgentError::Status {
-                code: s.code(),
+                code: s.code.value(),
                 message: s.message,
             },
             other => AgentError::Transport(other.to_string()),

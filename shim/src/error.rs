@@ -95,14 +95,18 @@ impl Error {
             Error::Storage(e) if e.is_bad_source() => Code::INVALID_ARGUMENT,
             Error::Storage(_) => Code::INTERNAL,
             Error::Agent { source, .. } => match source {
-                AgentError::Status { code, .. } => match *code {
-                    ttrpc::Code::NOT_FOUND => Code::NOT_FOUND,
-                    ttrpc::Code::ALREADY_EXISTS => Code::ALREADY_EXISTS,
-                    ttrpc::Code::INVALID_ARGUMENT => Code::INVALID_ARGUMENT,
-                    ttrpc::Code::FAILED_PRECONDITION => Code::FAILED_PRECONDITION,
-                    ttrpc::Code::UNIMPLEMENTED => Code::UNIMPLEMENTED,
-                    _ => Code::INTERNAL,
-                },
+                // The agent's own code where containerd acts on it; anything else is ours.
+                AgentError::Status { code, .. } => {
+                    use containerd_shim::protos::protobuf::Enum;
+                    match Code::from_i32(*code).unwrap_or(Code::INTERNAL) {
+                        c @ (Code::NOT_FOUND
+                        | Code::ALREADY_EXISTS
+                        | Code::INVALID_ARGUMENT
+                        | Code::FAILED_PRECONDITION
+                        | Code::UNIMPLEMENTED) => c,
+                        _ => Code::INTERNAL,
+                    }
+                }
                 AgentError::Transport(_) => Code::UNAVAILABLE,
             },
         }
@@ -163,7 +167,7 @@ mod tests {
         let missing = Error::Agent {
             what: "signal the process",
             source: AgentError::Status {
-                code: ttrpc::Code::NOT_FOUND,
+                code: Code::NOT_FOUND as i32,
                 message: "no such process".into(),
             },
         };
@@ -175,7 +179,7 @@ mod tests {
         let e = Error::Agent {
             what: "start the container",
             source: AgentError::Status {
-                code: ttrpc::Code::INTERNAL,
+                code: Code::INTERNAL as i32,
                 message: "exec: sh: not found".into(),
             },
         };
