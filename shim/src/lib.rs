@@ -4,7 +4,8 @@
 //! - `service`: containerd's Task API, thin (decode, call the sandbox, map the error), events,
 //!   logging; the only module that touches containerd's protos.
 //! - `sandbox`: one sandbox's state machine (its VM, containers and watchers), on a `Host`.
-//! - `container`: container and process state transitions, without I/O.
+//! - `container`: container and process state transitions, without I/O; `events`: what a
+//!   sandbox announces.
 //! - `host`: the sandbox on the host (directory, cgroup, VM, mounts) and its cleanup, also
 //!   after a shim crash; `storage` (every mount and its undoing, symlink-proof), `record` (the
 //!   host-only record cleanup works from), `cgroup`, `vm` (the husk-vmm child).
@@ -17,6 +18,7 @@ pub mod cgroup;
 pub mod config;
 pub mod container;
 pub mod error;
+pub mod events;
 pub mod host;
 pub mod io;
 pub mod record;

@@ -17,60 +17,11 @@ use husk_agent_protocol::agent_ttrpc::AgentServiceClient;
 use crate::agent::{ctx, unbounded, AgentError};
 use crate::container::{self, harmless_before_start, Container, Exit, Phase, Process, Stdio};
 use crate::error::{Error, Result};
+pub use crate::events::{Events, TaskEvent};
 use crate::host::{BootedVm, Host};
 use crate::io::{self as pio, FifoIo};
 use crate::spec;
 use crate::storage::{Bind, RootfsMount};
-
-/// What the sandbox announces; the service turns these into containerd's task events.
-#[derive(Clone, Debug)]
-pub enum TaskEvent {
-    Create {
-        id: String,
-        bundle: String,
-        rootfs: Vec<RootfsMount>,
-        stdio: Stdio,
-        pid: u32,
-    },
-    Start {
-        id: String,
-        pid: u32,
-    },
-    ExecAdded {
-        id: String,
-        exec_id: String,
-    },
-    ExecStarted {
-        id: String,
-        exec_id: String,
-        pid: u32,
-    },
-    /// `id` is the container's; `process` is the container id for an init, else the exec id.
-    Exit {
-        id: String,
-        process: String,
-        pid: u32,
-        exit: Exit,
-    },
-    Delete {
-        id: String,
-        pid: u32,
-        exit: Exit,
-    },
-    Paused {
-        id: String,
-    },
-    Resumed {
-        id: String,
-    },
-    Oom {
-        id: String,
-    },
-}
-
-pub trait Events: Send + Sync {
-    fn publish(&self, event: TaskEvent);
-}
 
 /// How often the shim asks the agent whether it is alive, how long each answer may take, and
 /// how many missed answers in a row mean the guest is gone (its VMM is then killed: its
