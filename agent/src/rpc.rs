@@ -1,12 +1,15 @@
 //! The ttrpc services the agent serves on vsock: thin handlers that check the request, call the
 //! process module and map its errors to ttrpc status codes.
 
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use husk_agent_protocol::agent::*;
 use husk_agent_protocol::agent_ttrpc::{create_agent_service, AgentService};
 use husk_agent_protocol::health::*;
 use husk_agent_protocol::health_ttrpc::{create_health, Health};
+use husk_agent_protocol::ttrpc::security_extension::{AcceptHook, HookError, HookOutput};
 use husk_agent_protocol::ttrpc::{self, error::get_rpc_status, Code, TtrpcContext};
 
 use crate::container::{key, Containers};
@@ -258,6 +261,60 @@ impl Health for HealthService {
     }
 }
 
+/// The vsock CID of the host: the only peer the agent serves.
+const HOST_CID: u32 = 2;
+
+/// Refuses every connection whose peer is not the host. A container (or anything else in the
+/// guest) that reaches the agent's port over vsock loopback, as CID 1 or as the guest's own CID,
+/// must not get an API that runs processes as root outside every container.
+#[derive(Debug)]
+struct HostOnly;
+
+static REFUSED: AtomicU32 = AtomicU32::new(0);
+const REFUSALS_LOGGED: u32 = 10;
+
+impl AcceptHook for HostOnly {
+    fn on_accept(&self, fd: RawFd) -> std::result::Result<HookOutput, HookError> {
+        let cid = peer_cid(fd).map_err(HookError::Io)?;
+        if cid != HOST_CID {
+            // Logged a few times only: a guest that keeps trying must not flood the host's log.
+            let n = REFUSED.fetch_add(1, Ordering::Relaxed);
+            if n < REFUSALS_LOGGED {
+                crate::log::info(&format!(
+                    "refused a connection from vsock CID {cid}: only the host may connect"
+                ));
+            }
+            return Err(HookError::Rejected(format!(
+                "peer CID {cid} is not the host"
+            )));
+        }
+        Ok(HookOutput {
+            data: Default::default(),
+            payload_transform: None,
+        })
+    }
+}
+
+/// The CID of a vsock connection's peer.
+pub fn peer_cid(fd: RawFd) -> std::io::Result<u32> {
+    // SAFETY: sockaddr_vm is plain old data; all-zero is a valid value.
+    let mut addr: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t;
+    // SAFETY: `addr` and `len` are valid for writes of `len` bytes; fd is borrowed for the call.
+    let rc =
+        unsafe { libc::getpeername(fd, (&mut addr as *mut libc::sockaddr_vm).cast(), &mut len) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if i32::from(addr.svm_family) != libc::AF_VSOCK {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a vsock connection",
+        ));
+    }
+    Ok(addr.svm_cid)
+}
+
 /// Serves the agent API and health service on vsock port `port` until the process ends.
 pub fn serve(procs: Arc<Table>, port: u32) -> std::result::Result<ttrpc::Server, ttrpc::Error> {
     // Reads of process output block until there is some: keep enough workers for several
@@ -266,6 +323,7 @@ pub fn serve(procs: Arc<Table>, port: u32) -> std::result::Result<ttrpc::Server,
         .set_thread_count_min(2)
         .set_thread_count_default(8)
         .set_thread_count_max(128)
+        .set_accept_hook(HostOnly)
         .bind(&format!("vsock://-1:{port}"))?
         .register_service(create_agent_service(Arc::new(Agent {
             procs,

@@ -10,10 +10,47 @@ use cgroups_rs::fs::{hierarchies, Cgroup};
 const ROOT: &str = "/sys/fs/cgroup";
 
 #[derive(Debug, thiserror::Error)]
-#[error("cannot create the sandbox cgroup {path}: {source}")]
-pub struct CgroupError {
-    path: String,
-    source: cgroups_rs::fs::error::Error,
+pub enum CgroupError {
+    #[error("Cannot create the sandbox cgroup {path}: {source}")]
+    Create {
+        path: String,
+        source: cgroups_rs::fs::error::Error,
+    },
+    #[error("The sandbox cgroup {0:?} is not a plain path below the cgroup root (no '.', '..' or empty parts)")]
+    BadPath(String),
+    #[error("The sandbox cgroup {0} already holds processes that husk did not start: use a cgroupsPath of its own")]
+    InUse(String),
+}
+
+impl CgroupError {
+    /// The spec asked for something we refuse, as opposed to a host that failed us.
+    pub fn is_bad_request(&self) -> bool {
+        !matches!(self, CgroupError::Create { .. })
+    }
+}
+
+/// Checks that cgroup `path` (relative to the root) may become a sandbox's: a plain path, and
+/// either new or without processes. Returns whether it exists already (then it is not ours to
+/// remove). A spec must not aim the sandbox, and its teardown's kill, at other workloads.
+pub fn check_unused(path: &str) -> Result<bool, CgroupError> {
+    if path.is_empty()
+        || path
+            .split('/')
+            .any(|c| c.is_empty() || c == "." || c == "..")
+    {
+        return Err(CgroupError::BadPath(path.into()));
+    }
+    let dir = PathBuf::from(ROOT).join(path);
+    if !dir.is_dir() {
+        return Ok(false);
+    }
+    // `populated 1`: a process in it or in a cgroup below it.
+    let events = std::fs::read_to_string(dir.join("cgroup.events")).unwrap_or_default();
+    let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+    if events.lines().any(|l| l == "populated 1") || !procs.trim().is_empty() {
+        return Err(CgroupError::InUse(dir.display().to_string()));
+    }
+    Ok(true)
 }
 
 /// The cgroup (relative to the hierarchy's root) of a sandbox whose first container's spec has
@@ -56,7 +93,7 @@ pub fn create(path: &str) -> Result<Option<PathBuf>, CgroupError> {
     if !hierarchies::is_cgroup2_unified_mode() {
         return Ok(None);
     }
-    Cgroup::new(hierarchies::auto(), path).map_err(|source| CgroupError {
+    Cgroup::new(hierarchies::auto(), path).map_err(|source| CgroupError::Create {
         path: format!("{ROOT}/{path}"),
         source,
     })?;
@@ -86,6 +123,17 @@ pub fn remove(path: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sandbox_cgroups_stay_below_the_root_and_unused() {
+        for bad in ["", "a/../b", "../x", "a//b", "./a", "a/."] {
+            assert!(
+                matches!(check_unused(bad), Err(CgroupError::BadPath(_))),
+                "{bad:?}"
+            );
+        }
+        assert!(!check_unused("husk-test-surely-absent/x").unwrap());
+    }
 
     #[test]
     fn cgroupfs_systemd_and_default_paths() {

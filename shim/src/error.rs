@@ -81,6 +81,7 @@ impl Error {
             Error::BadId(_) | Error::InvalidRequest(_) | Error::Spec(_) | Error::Config(_) => {
                 Code::INVALID_ARGUMENT
             }
+            Error::Cgroup(e) if e.is_bad_request() => Code::INVALID_ARGUMENT,
             Error::Unsupported(_) => Code::UNIMPLEMENTED,
             Error::AlreadyStarted(_)
             | Error::StillRunning(_)

@@ -173,10 +173,14 @@ impl HostSandbox {
         }
         let storage = SandboxStorage::create(&self.dir)?;
         let cgroup = crate::cgroup::sandbox_path(spec_cgroup, &self.namespace, &self.id);
-        // Recorded first, so that every cleanup (this one's failure, a crash) finds it.
-        self.record()
-            .update(|r| r.cgroup = Some(cgroup.clone()))
-            .map_err(StorageError::Record)?;
+        let existed = crate::cgroup::check_unused(&cgroup).map_err(Error::Cgroup)?;
+        // Recorded first, so that every cleanup (this one's failure, a crash) finds it; only a
+        // cgroup we create is ours to kill and remove.
+        if !existed {
+            self.record()
+                .update(|r| r.cgroup = Some(cgroup.clone()))
+                .map_err(StorageError::Record)?;
+        }
         let cgroup_procs = crate::cgroup::create(&cgroup).map_err(Error::Cgroup)?;
         if cgroup_procs.is_none() {
             tracing::warn!("no cgroup v2 hierarchy: the VMM stays in the shim's cgroup");

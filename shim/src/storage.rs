@@ -346,6 +346,8 @@ impl SandboxStorage {
         for m in mounts {
             let target = self.target(Path::new(&rel))?;
             let (flags, data) = mount_options(&m.options);
+            // Device nodes and setuid files the guest makes are inert on the host.
+            let flags = flags | libc::MS_NODEV | libc::MS_NOSUID;
             let err = |error| StorageError::Mount {
                 fstype: m.fstype.clone(),
                 source_name: m.source.clone(),
@@ -401,14 +403,15 @@ impl SandboxStorage {
         let target = self.target(rel)?;
         let flags = libc::MS_BIND | libc::MS_REC;
         mount_raw(Some(&proc_fd(src)), &proc_fd(&target), None, flags, None).map_err(err)?;
-        if read_only {
-            // The new mount is on top now: open it again to remount it.
-            let mounted = self.target(rel)?;
-            let ro = flags | libc::MS_REMOUNT | libc::MS_RDONLY;
-            if let Err(e) = mount_raw(None, &proc_fd(&mounted), None, ro, None) {
-                self.unmount(rel);
-                return Err(err(e));
-            }
+        // The new mount is on top now: open it again to make it, and every mount below it,
+        // nodev and nosuid (device nodes and setuid files the guest makes are inert on the
+        // host), and read-only if asked (a `:ro` bind is read-only all the way down).
+        let remounted = self
+            .target(rel)
+            .and_then(|mounted| restrict_recursively(&mounted, read_only).map_err(err));
+        if let Err(e) = remounted {
+            self.unmount(rel);
+            return Err(e);
         }
         Ok(())
     }
@@ -509,6 +512,57 @@ impl SandboxStorage {
         }
         let _ = std::fs::remove_dir(&self.dir);
     }
+}
+
+/// `struct mount_attr` of mount_setattr(2).
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+const MOUNT_ATTR_RDONLY: u64 = 0x1;
+const MOUNT_ATTR_NOSUID: u64 = 0x2;
+const MOUNT_ATTR_NODEV: u64 = 0x4;
+
+/// Makes the mount `mounted` (an `O_PATH` descriptor of its root) and every mount below it
+/// nodev and nosuid, and read-only with `read_only`. Kernels before 5.12 lack mount_setattr:
+/// there only the top mount is changed, with a bind remount.
+fn restrict_recursively(mounted: &OwnedFd, read_only: bool) -> std::io::Result<()> {
+    let mut attr = MountAttr {
+        attr_set: MOUNT_ATTR_NODEV | MOUNT_ATTR_NOSUID,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    if read_only {
+        attr.attr_set |= MOUNT_ATTR_RDONLY;
+    }
+    // SAFETY: a descriptor we own, an empty NUL-terminated path, and `attr` valid for its size.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            mounted.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH | libc::AT_RECURSIVE,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if rc == 0 {
+        return Ok(());
+    }
+    let e = std::io::Error::last_os_error();
+    if e.raw_os_error() != Some(libc::ENOSYS) {
+        return Err(e);
+    }
+    let mut flags = libc::MS_REMOUNT | libc::MS_BIND | libc::MS_NODEV | libc::MS_NOSUID;
+    if read_only {
+        flags |= libc::MS_RDONLY;
+    }
+    mount_raw(None, &proc_fd(mounted), None, flags, None)
 }
 
 /// How many mounts stacked on one target are undone at most.

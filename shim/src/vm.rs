@@ -311,7 +311,19 @@ impl Vm {
             join_cgroup_before_exec(&mut cmd, procs)
                 .map_err(|e| VmError::Spawn(config.vmm.clone(), e))?;
         }
-        let mut child = match cmd.spawn() {
+        // SAFETY: between fork and exec only prctl, which is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| {
+                // The VMM never gains privileges through exec, and dies with the shim.
+                if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+                    || libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = match spawn_from_lasting_thread(cmd) {
             Ok(c) => c,
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&dir);
@@ -349,6 +361,35 @@ impl Vm {
         // reaped before the Vm is dropped, so it cannot name another process.
         unsafe { libc::kill(self.vmm_pid() as i32, libc::SIGKILL) };
     }
+}
+
+/// Spawns `cmd` from one thread that lives as long as the process. The death signal of
+/// `PR_SET_PDEATHSIG` follows the thread that forked, not the process: a VMM spawned from a
+/// ttrpc worker would be killed when that worker thread ends.
+fn spawn_from_lasting_thread(cmd: Command) -> std::io::Result<Child> {
+    type Job = (Command, mpsc::Sender<std::io::Result<Child>>);
+    static SPAWNER: std::sync::OnceLock<Mutex<mpsc::Sender<Job>>> = std::sync::OnceLock::new();
+    let spawner = SPAWNER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("vmm-spawner".into())
+            .spawn(move || {
+                for (mut cmd, reply) in rx {
+                    let _ = reply.send(cmd.spawn());
+                }
+            })
+            .expect("cannot start the VMM spawner thread");
+        Mutex::new(tx)
+    });
+    let (reply, result) = mpsc::channel();
+    spawner
+        .lock()
+        .expect("spawner lock")
+        .send((cmd, reply))
+        .map_err(|_| std::io::Error::other("the VMM spawner thread is gone"))?;
+    result
+        .recv()
+        .map_err(|_| std::io::Error::other("the VMM spawner thread is gone"))?
 }
 
 fn join_cgroup_before_exec(cmd: &mut Command, procs: &Path) -> std::io::Result<()> {

@@ -304,6 +304,44 @@ s_hostile_share() {
   leftovers
 }
 
+s_hostile_guest() {
+  # What a container may try against its host: reach the agent over vsock, make a device node
+  # on the host through the share, aim the sandbox at a cgroup that holds someone else's process.
+  gcc -static -O2 -o "$WORK/hostile-probe" tests/containerd/hostile-probe.c || return 1
+  # A read-only bind whose source has a mount inside: read-only all the way down.
+  mkdir -p "$WORK/rodir/sub" && mount -t tmpfs tmpfs "$WORK/rodir/sub" || return 1
+  tmo $CTR run --runtime $KATA -d --privileged \
+    --mount "type=bind,src=$WORK/hostile-probe,dst=/probe,options=rbind:ro" \
+    --mount "type=bind,src=$WORK/rodir,dst=/ro,options=rbind:ro" $IMAGE hg1 sleep 600 || return 1
+  tmo $CTR task exec --exec-id x hg1 sh -c '
+    for cid in 1 2 3; do /probe vsock $cid 1024; done
+    mknod /tmp/hostile-char c 1 3 2>&1 | sed "s/^/mknod c: /"
+    mknod /tmp/hostile-block b 7 0 2>&1 | sed "s/^/mknod b: /"
+    mknod /tmp/hostile-fifo p && echo "mknod p: ok"
+    touch /tmp/f
+    echo "xattr security: $(/probe xattr /tmp/f security.husk-test)"
+    echo "xattr trusted: $(/probe xattr /tmp/f trusted.x)"
+    echo "xattr user: $(/probe xattr /tmp/f user.x)"
+    (echo x > /ro/top) 2>&1 | sed "s/^/ro top: /"
+    (echo x > /ro/sub/f) 2>&1 | sed "s/^/ro sub: /"
+  ' </dev/null
+  echo "host device nodes: $(find "$CTRD_ROOT" -name 'hostile-*' \( -type c -o -type b \) 2>/dev/null | wc -l)"
+  echo "vmm $(grep -E '^NoNewPrivs' /proc/$(pgrep -xo husk-vmm)/status | tr -s '\t ' ' ')"
+  husk_task_gone hg1
+  echo "host ro files: $(ls -A "$WORK/rodir/sub" | wc -l)"
+  umount "$WORK/rodir/sub"
+  # A cgroup with a process we did not start.
+  mkdir -p /sys/fs/cgroup/husk-victim
+  sleep 600 & local victim=$!
+  echo $victim > /sys/fs/cgroup/husk-victim/cgroup.procs
+  run --rm --cgroup /husk-victim $IMAGE hg2 true </dev/null 2>&1 | tail -n 1 | sed 's/^/cgroup: /'
+  echo "victim alive: $(kill -0 $victim 2>/dev/null && echo yes || echo no)"
+  kill $victim; wait $victim 2>/dev/null
+  $CTR container delete hg2 2>/dev/null
+  rmdir /sys/fs/cgroup/husk-victim
+  leftovers
+}
+
 s_cleanup() {
   sleep 1
   leftovers
@@ -330,7 +368,7 @@ s_missing_kernel() {
   $CTR container delete b2 2>/dev/null
 }
 
-scenarios=${*:-echo exit_status stdin tty oci update pause oom big_output exec events attach sigterm two pod hostile_share restart bad_config missing_kernel vmm_killed vmm_hung shim_crash cleanup boot_retries}
+scenarios=${*:-echo exit_status stdin tty oci update pause oom big_output exec events attach sigterm two pod hostile_share hostile_guest restart bad_config missing_kernel vmm_killed vmm_hung shim_crash cleanup boot_retries}
 for s in $scenarios; do
   echo "=== begin $s"
   "s_$s" 2>&1

@@ -331,3 +331,58 @@ fn a_hostile_container_cannot_steer_the_shim_through_the_share() {
         &["vmm pid", "sandbox dir", "mount ", "socket ", "cgroup "],
     );
 }
+
+#[test]
+fn a_hostile_container_cannot_reach_the_agent_or_make_host_devices() {
+    let s = section("hostile_guest");
+    assert_eq!(s.status, 0, "{}", s.output);
+    // The agent serves the host only: loopback (CID 1) and the guest's own CID (3) are closed
+    // without an answer; the host's port 1024 (CID 2) has nothing behind it.
+    for cid in ["1", "2", "3"] {
+        let verdict = s.after(&format!("CID {cid}: "));
+        assert!(
+            verdict == "closed" || verdict.starts_with("refused"),
+            "CID {cid}: {verdict}\n{}",
+            s.output
+        );
+    }
+    // virtio-fs serves files, not devices, and no file capabilities.
+    assert!(
+        s.after("mknod c: ").contains("not permitted"),
+        "{}",
+        s.output
+    );
+    assert!(
+        s.after("mknod b: ").contains("not permitted"),
+        "{}",
+        s.output
+    );
+    assert!(s.output.contains("mknod p: ok"), "{}", s.output);
+    assert!(
+        s.after("xattr security: ").contains("not permitted"),
+        "{}",
+        s.output
+    );
+    assert!(
+        s.after("xattr trusted: ").contains("not permitted"),
+        "{}",
+        s.output
+    );
+    assert_eq!(s.after("host device nodes: "), "0", "{}", s.output);
+    // A `:ro` bind is read-only below its top too.
+    assert!(s.after("ro top: ").contains("Read-only"), "{}", s.output);
+    assert!(s.after("ro sub: ").contains("Read-only"), "{}", s.output);
+    assert_eq!(s.after("host ro files: "), "0", "{}", s.output);
+    assert_eq!(s.after("vmm NoNewPrivs: "), "1", "{}", s.output);
+    // A cgroup that holds someone else's process is refused, and the process lives on.
+    assert!(
+        s.after("cgroup: ").contains("holds processes"),
+        "{}",
+        s.output
+    );
+    assert_eq!(s.after("victim alive: "), "yes", "{}", s.output);
+    assert_nothing_left(
+        s,
+        &["vmm pid", "sandbox dir", "mount ", "socket ", "cgroup "],
+    );
+}

@@ -6,6 +6,8 @@
 //! from guest strings, and it never follows a symlink on the host. We provide the queues, the
 //! thread, and the policy (cache mode, xattrs).
 
+mod policy;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -304,6 +306,19 @@ impl FsHandler {
 /// Serves one FUSE request and returns how many reply bytes were written. A malformed request
 /// gets a FUSE error reply or, if even that is impossible, is returned with nothing written.
 fn serve(server: &FsServer, mem: &GuestMemory, chain: DescriptorChain<&GuestMemory>) -> u32 {
+    let refused = Reader::from_descriptor_chain(mem, chain.clone())
+        .ok()
+        .and_then(policy::refusal);
+    if let Some((unique, errno)) = refused {
+        tracing::debug!(unique, errno, "virtio-fs: request refused by policy");
+        return match VirtioFsWriter::new(mem, chain) {
+            Ok(mut w) => match w.write_obj(policy::error_reply(unique, errno)) {
+                Ok(()) => w.bytes_written() as u32,
+                Err(_) => 0,
+            },
+            Err(_) => 0,
+        };
+    }
     let reader = Reader::from_descriptor_chain(mem, chain.clone());
     let writer = VirtioFsWriter::new(mem, chain);
     match (reader, writer) {
