@@ -161,6 +161,7 @@ impl HostSandbox {
             }],
             runtime_dir: Some(self.dir.join("vm")),
             fs_cache: Some(hv.virtio_fs_cache.clone()),
+            fs_all_xattrs: false,
             cgroup_procs,
         })
     }

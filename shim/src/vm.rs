@@ -71,6 +71,9 @@ pub struct VmConfig {
     /// virtio-fs cache mode of the volumes (`never`, `auto`, `always`); husk-vmm's default
     /// when `None`.
     pub fs_cache: Option<String>,
+    /// Let the guest set `security.*` and `trusted.*` xattrs on the volumes (refused by
+    /// default).
+    pub fs_all_xattrs: bool,
     /// A cgroup's `cgroup.procs`: the VMM joins that cgroup before it runs, so that everything
     /// it allocates is charged there.
     pub cgroup_procs: Option<PathBuf>,
@@ -100,6 +103,9 @@ impl VmConfig {
             }
             if v.read_only {
                 fs.push(",ro");
+            }
+            if self.fs_all_xattrs {
+                fs.push(",xattr=all");
             }
             arg("--fs", &fs);
             let ro = if v.read_only { ":ro" } else { "" };
@@ -528,6 +534,7 @@ mod tests {
             }],
             runtime_dir: None,
             fs_cache: Some("never".into()),
+            fs_all_xattrs: false,
             cgroup_procs: None,
         };
         let args: Vec<String> = config

@@ -17,7 +17,7 @@ head -c 268435456 /dev/urandom > "$d/big"
 cp "$here/guest-checks.sh" "$d/guest-checks.sh"
 gcc -static -O2 -o "$d/probe" "$here/probe.c" || echo "FAIL build_probe"
 
-"$huskctl" run --memory 512 -v "$d:/mnt" -v "$top/ro:/ro:ro" -- /bin/sh /mnt/guest-checks.sh
+"$huskctl" run --memory 512 --all-xattrs -v "$d:/mnt" -v "$top/ro:/ro:ro" -- /bin/sh /mnt/guest-checks.sh
 echo "huskctl exited $?"
 
 host_hash=$(sha256sum "$d/big" | cut -d' ' -f1)

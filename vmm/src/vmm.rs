@@ -12,7 +12,7 @@ use linux_loader::cmdline::Cmdline;
 
 use crate::boot::{self, BootError};
 use crate::device_manager::{DeviceError, DeviceManager};
-use crate::devices::legacy::serial::SerialConsole;
+use crate::devices::legacy::serial::{ConsoleFile, SerialConsole};
 use crate::devices::virtio::fs::{Fs, FsConfig, FsError};
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::vsock::muxer::MuxerError;
@@ -179,7 +179,7 @@ fn console_writer(console: &ConsoleOutput) -> Result<Box<dyn Write + Send>, VmmE
     Ok(match console {
         ConsoleOutput::Stdio => Box::new(std::io::stdout()),
         ConsoleOutput::File(path) => {
-            Box::new(File::create(path).map_err(|e| VmmError::Console(path.clone(), e))?)
+            Box::new(ConsoleFile::create(path).map_err(|e| VmmError::Console(path.clone(), e))?)
         }
         ConsoleOutput::Off => Box::new(std::io::sink()),
     })

@@ -33,6 +33,7 @@ fn config(vcpus: u8) -> SandboxConfig {
         volumes: Vec::new(),
         runtime_dir: None,
         fs_cache: None,
+        fs_all_xattrs: false,
         cgroup_procs: None,
     }
 }

@@ -39,6 +39,10 @@ pub struct RunArgs {
     /// Share a host directory with the guest: HOSTDIR:GUESTDIR[:ro] (virtio-fs). May be repeated.
     #[arg(short = 'v', long = "volume", value_name = "HOSTDIR:GUESTDIR[:ro]")]
     volumes: Vec<Volume>,
+    /// Let the guest set security.* and trusted.* xattrs on the volumes (refused by default:
+    /// file capabilities and LSM labels are the host's business).
+    #[arg(long)]
+    all_xattrs: bool,
     /// Seconds to wait for the agent to answer after boot.
     #[arg(long, default_value_t = 120)]
     boot_timeout: u64,
@@ -169,6 +173,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
         volumes: args.volumes,
         runtime_dir: None,
         fs_cache: None,
+        fs_all_xattrs: args.all_xattrs,
         cgroup_procs: None,
     };
     let log: Box<dyn Write + Send> = if args.debug {

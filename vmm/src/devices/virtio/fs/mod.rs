@@ -119,7 +119,7 @@ fn bind_read_only(path: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// `--fs tag=TAG,path=DIR[,cache=never|auto|always][,ro]`.
+/// `--fs tag=TAG,path=DIR[,cache=never|auto|always][,ro][,xattr=all]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FsConfig {
     pub tag: String,
@@ -128,21 +128,27 @@ pub struct FsConfig {
     /// Enforced on the host: the directory is served from a read-only bind mount, so even a
     /// guest that remounts its side read-write gets EROFS.
     pub read_only: bool,
+    /// `xattr=all`: the guest may also set `security.*` and `trusted.*` xattrs (refused by
+    /// default, see `policy`). For a directory that is the guest's alone.
+    pub all_xattrs: bool,
 }
 
 impl std::str::FromStr for FsConfig {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         let (mut tag, mut path, mut cache, mut read_only) = (None, None, CacheMode::Auto, false);
+        let mut all_xattrs = false;
         for part in s.split(',') {
             match part.split_once('=') {
                 Some(("tag", v)) => tag = Some(v.to_string()),
                 Some(("path", v)) => path = Some(PathBuf::from(v)),
                 Some(("cache", v)) => cache = v.parse()?,
+                Some(("xattr", "all")) => all_xattrs = true,
+                Some(("xattr", "safe")) => all_xattrs = false,
                 None if part == "ro" => read_only = true,
                 _ => {
                     return Err(format!(
-                        "unknown --fs option {part:?} (tag=, path=, cache=, ro)"
+                        "unknown --fs option {part:?} (tag=, path=, cache=, ro, xattr=safe|all)"
                     ))
                 }
             }
@@ -152,6 +158,7 @@ impl std::str::FromStr for FsConfig {
             path: path.ok_or("--fs needs path=DIR")?,
             cache,
             read_only,
+            all_xattrs,
         })
     }
 }
@@ -160,6 +167,7 @@ type FsServer = Server<Arc<PassthroughFs<()>>>;
 
 pub struct Fs {
     config: [u8; TAG_LEN + 4],
+    all_xattrs: bool,
     server: Arc<FsServer>,
     queue_evts: QueueEvents,
     state: DeviceState<Worker<FsHandler>>,
@@ -203,6 +211,7 @@ impl Fs {
         config[TAG_LEN..].copy_from_slice(&1u32.to_le_bytes());
         Ok(Fs {
             config,
+            all_xattrs: cfg.all_xattrs,
             server: Arc::new(Server::new(Arc::new(fs))),
             queue_evts: QueueEvents::new(QUEUE_SIZES.len()).map_err(passthrough)?,
             state: DeviceState::Inactive,
@@ -242,6 +251,7 @@ impl VirtioDevice for Fs {
             interrupt,
             queues,
             server: self.server.clone(),
+            all_xattrs: self.all_xattrs,
             queue_evts: self
                 .queue_evts
                 .try_clone()
@@ -274,6 +284,7 @@ struct FsHandler {
     interrupt: Arc<Interrupt>,
     queues: Vec<Queue>,
     server: Arc<FsServer>,
+    all_xattrs: bool,
     queue_evts: QueueEvents,
 }
 
@@ -296,19 +307,24 @@ impl FsHandler {
         let Some(queue) = self.queues.get_mut(q) else {
             return;
         };
-        let (mem, server) = (&self.mem, &self.server);
+        let (mem, server, all_xattrs) = (&self.mem, &self.server, self.all_xattrs);
         queue::drain(queue, mem, &self.interrupt, |chain| {
-            Completion::Used(serve(server, mem, chain))
+            Completion::Used(serve(server, mem, chain, all_xattrs))
         });
     }
 }
 
 /// Serves one FUSE request and returns how many reply bytes were written. A malformed request
 /// gets a FUSE error reply or, if even that is impossible, is returned with nothing written.
-fn serve(server: &FsServer, mem: &GuestMemory, chain: DescriptorChain<&GuestMemory>) -> u32 {
+fn serve(
+    server: &FsServer,
+    mem: &GuestMemory,
+    chain: DescriptorChain<&GuestMemory>,
+    all_xattrs: bool,
+) -> u32 {
     let refused = Reader::from_descriptor_chain(mem, chain.clone())
         .ok()
-        .and_then(policy::refusal);
+        .and_then(|r| policy::refusal(r, all_xattrs));
     if let Some((unique, errno)) = refused {
         tracing::debug!(unique, errno, "virtio-fs: request refused by policy");
         return match VirtioFsWriter::new(mem, chain) {
@@ -359,10 +375,15 @@ mod tests {
                 path: "/srv/x".into(),
                 cache: CacheMode::Never,
                 read_only: false,
+                all_xattrs: false,
             }
         );
         let c: FsConfig = "tag=t,path=/a,ro".parse().unwrap();
         assert!(c.read_only);
+        assert!(!c.all_xattrs);
+        let c: FsConfig = "tag=t,path=/a,xattr=all".parse().unwrap();
+        assert!(c.all_xattrs);
+        assert!("tag=t,path=/a,xattr=some".parse::<FsConfig>().is_err());
         let c: FsConfig = "path=/a,tag=t".parse().unwrap();
         assert_eq!(c.cache, CacheMode::Auto);
         assert!("tag=t".parse::<FsConfig>().is_err());
@@ -379,6 +400,7 @@ mod tests {
             path: dir,
             cache: CacheMode::Auto,
             read_only: false,
+            all_xattrs: false,
         })
         .unwrap();
         let mut tag = [0u8; 36];
@@ -417,6 +439,7 @@ mod tests {
             path: std::env::temp_dir(),
             cache: CacheMode::Auto,
             read_only: false,
+            all_xattrs: false,
         })
         .unwrap();
         let irq = Arc::new(Interrupt::new(
@@ -427,6 +450,7 @@ mod tests {
             interrupt: irq,
             queues: vec![vq.create_queue().unwrap(), vq.create_queue().unwrap()],
             server: fs.server.clone(),
+            all_xattrs: false,
             queue_evts: QueueEvents::new(QUEUE_SIZES.len()).unwrap(),
         };
         handler.process(0);
@@ -469,6 +493,7 @@ mod tests {
                 path: "/".into(),
                 cache: CacheMode::Auto,
                 read_only: false,
+                all_xattrs: false,
             }),
             Err(FsError::Tag(_))
         ));
@@ -478,6 +503,7 @@ mod tests {
                 path: "/nonexistent/dir".into(),
                 cache: CacheMode::Auto,
                 read_only: false,
+                all_xattrs: false,
             }),
             Err(FsError::NotADirectory(_))
         ));

@@ -17,14 +17,15 @@ const REFUSED_XATTR_PREFIXES: [&[u8]; 2] = [b"security.", b"trusted."];
 const XATTR_NAME_MAX: u64 = 256;
 
 /// The reply for a request the policy refuses: `(unique, errno)`; `None` lets it through (a
-/// request too short to judge is left to the server, which rejects it on its own).
-pub fn refusal(mut request: Reader<'_>) -> Option<(u64, i32)> {
+/// request too short to judge is left to the server, which rejects it on its own). With
+/// `all_xattrs` (`--fs ...,xattr=all`) every xattr name passes.
+pub fn refusal(mut request: Reader<'_>, all_xattrs: bool) -> Option<(u64, i32)> {
     let header: InHeader = request.read_obj().ok()?;
     let refuse = if header.opcode == Opcode::Mknod as u32 {
         let args: MknodIn = request.read_obj().ok()?;
         let kind = args.mode & libc::S_IFMT;
         kind == libc::S_IFCHR || kind == libc::S_IFBLK
-    } else if header.opcode == Opcode::Setxattr as u32 {
+    } else if header.opcode == Opcode::Setxattr as u32 && !all_xattrs {
         let _args: SetxattrIn = request.read_obj().ok()?;
         let mut name = Vec::new();
         (&mut request)
@@ -58,6 +59,10 @@ mod tests {
 
     /// The policy's verdict on one request, placed in guest memory as a driver would.
     fn judge(request: &[u8]) -> Option<(u64, i32)> {
+        judge_with(request, false)
+    }
+
+    fn judge_with(request: &[u8], all_xattrs: bool) -> Option<(u64, i32)> {
         let mem = crate::vstate::memory::create(1 << 20).unwrap();
         mem.write_slice(request, GuestAddress(0x8000)).unwrap();
         let vq = MockSplitQueue::new(&mem, 16);
@@ -70,7 +75,10 @@ mod tests {
         vq.build_desc_chain(&descs).unwrap();
         let mut queue: virtio_queue::Queue = vq.create_queue().unwrap();
         let chain = queue.iter(&mem).unwrap().next().unwrap();
-        refusal(Reader::from_descriptor_chain(&mem, chain).unwrap())
+        refusal(
+            Reader::from_descriptor_chain(&mem, chain).unwrap(),
+            all_xattrs,
+        )
     }
 
     fn header(opcode: Opcode, unique: u64, body: &[u8]) -> Vec<u8> {
@@ -121,6 +129,12 @@ mod tests {
             Some((9, libc::EPERM))
         );
         assert_eq!(judge(&setxattr("user.comment")), None);
+        // Configured for a directory that is the guest's alone: xattrs pass, devices do not.
+        assert_eq!(judge_with(&setxattr("trusted.x"), true), None);
+        assert_eq!(
+            judge_with(&mknod(libc::S_IFCHR | 0o666), true),
+            Some((7, libc::EPERM))
+        );
     }
 
     #[test]

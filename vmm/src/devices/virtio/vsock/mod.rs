@@ -5,8 +5,11 @@
 //! wakes it through an eventfd. The worker reads guest packets from the TX queue, hands them to
 //! the [`muxer::Muxer`], and fills RX buffers with what the muxer has for the guest.
 
+mod conn;
 pub mod muxer;
 pub mod packet;
+mod reset_queue;
+mod uds;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -215,7 +218,13 @@ impl VsockHandler {
             match chain.writer(mem) {
                 Ok(mut writer) => {
                     let room = writer.available_bytes();
-                    match muxer.next_packet_for_guest(room.saturating_sub(HDR_SIZE)) {
+                    if room < HDR_SIZE {
+                        // Too small for any packet: returned empty, which the driver discards,
+                        // rather than left at the head of the queue for good.
+                        tracing::debug!(room, "vsock: RX buffer smaller than a header");
+                        return Completion::Used(0);
+                    }
+                    match muxer.next_packet_for_guest(room - HDR_SIZE) {
                         Some((hdr, data)) => {
                             let written = write_host_packet(&mut writer, room, hdr, &data);
                             Completion::Used(written.unwrap_or(0) as u32)
@@ -245,11 +254,16 @@ mod tests {
     use vm_memory::{Bytes, GuestAddress};
     use vmm_sys_util::eventfd::EventFd;
 
-    use super::packet::OP_REQUEST;
+    use super::packet::{Header, HOST_CID, OP_REQUEST, OP_RST, OP_RW, TYPE_STREAM};
+    use super::reset_queue::RESET_QUEUE_CAP;
     use super::*;
     use crate::vstate::memory;
 
     const RX_BUF: u64 = 0x8_0000;
+    const GUEST_CID: u64 = 3;
+    /// Where the tests put guest packets and RX buffers.
+    const PACKETS: u64 = 0x10_0000;
+    const RX_BUFS: u64 = 0x20_0000;
 
     fn socket_path(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("husk-vsockdev-{}-{name}", std::process::id()));
@@ -307,6 +321,213 @@ mod tests {
         assert!(vsock.muxer.is_some() && path.exists());
         vsock.shutdown();
         assert!(!path.exists());
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    /// A guest packet header from `src_port` to host port `dst_port`.
+    fn guest_header(op: u16, src_port: u32, dst_port: u32) -> [u8; HDR_SIZE] {
+        Header {
+            src_cid: GUEST_CID,
+            dst_cid: HOST_CID,
+            src_port,
+            dst_port,
+            len: 0,
+            type_: TYPE_STREAM,
+            op,
+            flags: 0,
+            buf_alloc: 4096,
+            fwd_cnt: 0,
+        }
+        .to_bytes()
+    }
+
+    /// Puts `headers` in guest memory and makes each one a chain on `queue`.
+    fn queue_packets(
+        mem: &GuestMemory,
+        queue: &MockSplitQueue<GuestMemory>,
+        headers: &[[u8; HDR_SIZE]],
+    ) {
+        let descs: Vec<RawDescriptor> = headers
+            .iter()
+            .enumerate()
+            .map(|(i, h)| {
+                let addr = PACKETS + i as u64 * 64;
+                mem.write_slice(h, GuestAddress(addr)).unwrap();
+                RawDescriptor::from(Descriptor::new(addr, HDR_SIZE as u32, 0, 0))
+            })
+            .collect();
+        queue.add_desc_chains(&descs, 0).unwrap();
+    }
+
+    /// Posts RX buffers of the given sizes, `RX_BUFS` onwards, 4 KiB apart.
+    fn post_rx_buffers(queue: &MockSplitQueue<GuestMemory>, sizes: &[u32]) {
+        let descs: Vec<RawDescriptor> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &len)| {
+                RawDescriptor::from(Descriptor::new(RX_BUFS + i as u64 * 4096, len, 2, 0))
+            })
+            .collect();
+        queue.add_desc_chains(&descs, 0).unwrap();
+    }
+
+    /// The header the device wrote into RX buffer `i`.
+    fn rx_header(mem: &GuestMemory, i: u64) -> Header {
+        let mut b = [0u8; HDR_SIZE];
+        mem.read_slice(&mut b, GuestAddress(RX_BUFS + i * 4096))
+            .unwrap();
+        Header::parse(&b)
+    }
+
+    /// A device handler on the test's thread, serving the given queues.
+    fn handler(name: &str, mem: &GuestMemory, queues: Vec<Queue>) -> VsockHandler {
+        let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        VsockHandler {
+            mem: mem.clone(),
+            interrupt: Arc::new(Interrupt::new(irq)),
+            queues,
+            muxer: Muxer::new(GUEST_CID, &socket_path(name)).unwrap(),
+            cid: GUEST_CID,
+            queue_evts: QueueEvents::new(NOTIFIED_QUEUES).unwrap(),
+            muxer_events: vec![EpollEvent::default(); MUXER_BATCH],
+        }
+    }
+
+    #[test]
+    fn a_guest_flooding_tx_without_rx_buffers_gets_only_the_newest_resets() {
+        let mem = memory::create(4 << 20).unwrap();
+        // The mock places its used ring over the upper half of its available ring: the queues
+        // are twice as large as the chains they carry, so that used entries clobber none.
+        let rx = MockSplitQueue::create(&mem, GuestAddress(0), 64);
+        let tx = MockSplitQueue::create(&mem, GuestAddress(0x1_0000), 1024);
+        let ev = MockSplitQueue::create(&mem, GuestAddress(0x3_0000), 16);
+        let queues = vec![
+            rx.create_queue().unwrap(),
+            tx.create_queue().unwrap(),
+            ev.create_queue().unwrap(),
+        ];
+        let mut h = handler("txflood", &mem, queues);
+        // Data for connections that do not exist, and not one RX buffer.
+        let strays = RESET_QUEUE_CAP as u32 + 44;
+        let packets: Vec<_> = (0..strays)
+            .map(|port| guest_header(OP_RW, port, 7))
+            .collect();
+        queue_packets(&mem, &tx, &packets);
+        h.process_tx();
+        h.process_rx();
+        assert_eq!(
+            u32::from(tx.used().idx().load()),
+            strays,
+            "every packet was taken"
+        );
+        assert_eq!(h.muxer.queued_resets(), RESET_QUEUE_CAP);
+
+        post_rx_buffers(&rx, &[4096; 16]);
+        h.process_rx();
+        assert_eq!(rx.used().idx().load(), 16);
+        for i in 0..16 {
+            let rst = rx_header(&mem, i);
+            // The 44 oldest were dropped.
+            assert_eq!((rst.op, rst.dst_port), (OP_RST, 44 + i as u32));
+        }
+        let _ = std::fs::remove_dir_all(socket_path("txflood").parent().unwrap());
+    }
+
+    #[test]
+    fn an_rx_buffer_too_small_for_a_header_is_returned_empty() {
+        let mem = memory::create(4 << 20).unwrap();
+        let rx = MockSplitQueue::create(&mem, GuestAddress(0), 16);
+        let tx = MockSplitQueue::create(&mem, GuestAddress(0x1_0000), 16);
+        let ev = MockSplitQueue::create(&mem, GuestAddress(0x2_0000), 16);
+        let queues = vec![
+            rx.create_queue().unwrap(),
+            tx.create_queue().unwrap(),
+            ev.create_queue().unwrap(),
+        ];
+        let mut h = handler("tinyrx", &mem, queues);
+        queue_packets(&mem, &tx, &[guest_header(OP_RW, 1, 7)]);
+        h.process_tx();
+        post_rx_buffers(&rx, &[10, 4096]);
+        h.process_rx();
+        assert_eq!(rx.used().idx().load(), 2);
+        assert_eq!(rx.used().ring().ref_at(0).unwrap().load().len(), 0);
+        assert_eq!(
+            rx.used().ring().ref_at(1).unwrap().load().len() as usize,
+            HDR_SIZE
+        );
+        assert_eq!(rx_header(&mem, 1).op, OP_RST);
+        let _ = std::fs::remove_dir_all(socket_path("tinyrx").parent().unwrap());
+    }
+
+    /// CPU time (user and system, in clock ticks) of each thread of ours called `name`.
+    fn thread_cpu_ticks(name: &str) -> std::collections::BTreeMap<u32, u64> {
+        let mut ticks = std::collections::BTreeMap::new();
+        for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+            let dir = task.path();
+            let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+            let stat = std::fs::read_to_string(dir.join("stat")).unwrap_or_default();
+            if comm.trim() != name {
+                continue;
+            }
+            // Fields after the parenthesised command: state is field 3, utime 14, stime 15.
+            let Some((_, rest)) = stat.rsplit_once(')') else {
+                continue;
+            };
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let (Some(utime), Some(stime)) = (fields.get(11), fields.get(12)) else {
+                continue;
+            };
+            let tid = task.file_name().to_string_lossy().parse().unwrap_or(0);
+            ticks.insert(
+                tid,
+                utime.parse::<u64>().unwrap_or(0) + stime.parse::<u64>().unwrap_or(0),
+            );
+        }
+        ticks
+    }
+
+    #[test]
+    fn host_data_waiting_for_rx_buffers_leaves_the_worker_idle() {
+        let path = socket_path("idle");
+        let listener =
+            std::os::unix::net::UnixListener::bind(format!("{}_77", path.display())).unwrap();
+        let mut vsock = Vsock::new(GUEST_CID, &path).unwrap();
+        let mem = memory::create(4 << 20).unwrap();
+        let rx = MockSplitQueue::create(&mem, GuestAddress(0), 16);
+        let tx = MockSplitQueue::create(&mem, GuestAddress(0x1_0000), 16);
+        let ev = MockSplitQueue::create(&mem, GuestAddress(0x2_0000), 16);
+        let queues = vec![
+            rx.create_queue().unwrap(),
+            tx.create_queue().unwrap(),
+            ev.create_queue().unwrap(),
+        ];
+        let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        vsock
+            .activate(mem.clone(), Arc::new(Interrupt::new(irq)), queues, 0)
+            .unwrap();
+
+        // The guest connects to host port 77 and never posts an RX buffer; the host writes.
+        queue_packets(&mem, &tx, &[guest_header(OP_REQUEST, 5000, 77)]);
+        vsock.queue_notify(TX as u16);
+        let (mut host_side, _) = listener.accept().unwrap();
+        host_side
+            .write_all(b"for a guest that does not read")
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        let before = thread_cpu_ticks(NAME);
+        std::thread::sleep(Duration::from_secs(1));
+        let after = thread_cpu_ticks(NAME);
+        let busy: u64 = after
+            .iter()
+            .filter_map(|(tid, t)| before.get(tid).map(|b| t.saturating_sub(*b)))
+            .sum();
+        assert!(!after.is_empty(), "no worker thread found");
+        // A spinning worker would use about 100 ticks of this second.
+        assert!(
+            busy < 20,
+            "the worker used {busy} ticks of CPU while waiting"
+        );
+        vsock.shutdown();
         let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
 }

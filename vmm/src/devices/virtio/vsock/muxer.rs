@@ -8,22 +8,51 @@
 //! Flow control follows virtio-vsock's credit scheme in both directions, so neither side can
 //! make the other buffer without bound: we only read from a Unix stream what the guest has room
 //! for, and we advertise a fixed buffer (`BUF_ALLOC`) that a guest must not overrun.
+//!
+//! Nothing the guest does grows host state without a cap: connections are capped per side and
+//! per host listener; each connection owes the guest at most one control packet; RSTs for
+//! connections already gone wait in a bounded [`ResetQueue`]; a connection the host closed waits
+//! at most [`CLOSE_TIMEOUT`] for the guest's RST. And nothing makes the worker spin: a stream
+//! with data the guest cannot take yet (no RX buffers, no credit) is not watched for input until
+//! the guest has read what we know is there.
 
-use std::collections::{BTreeMap, VecDeque};
+mod closing;
+mod host;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{ErrorKind, Read, Write};
 use std::num::Wrapping;
+use std::ops::Bound;
 use std::os::fd::AsRawFd;
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::timerfd::TimerFd;
 
+use super::conn::{Conn, Key, Origin, State};
 use super::packet::*;
+use super::reset_queue::ResetQueue;
+use super::uds::connect_nonblocking;
+use host::Handshake;
 
 /// What we advertise to the guest as our receive buffer, per connection.
 pub const BUF_ALLOC: u32 = 256 * 1024;
-/// The most connections (established or being set up) at once.
-pub const MAX_CONNECTIONS: usize = 1024;
+/// The most host-initiated connections at once, including clients still writing their
+/// `CONNECT` line. The shim opens two, and one per process it runs in the guest.
+pub const MAX_HOST_CONNECTIONS: usize = 512;
+/// The most guest-initiated connections at once.
+pub const MAX_GUEST_CONNECTIONS: usize = 256;
+/// The most guest-initiated connections at once to one host listener (`<socket path>_P`). The
+/// listener's own backlog bounds those it has not accepted yet: a full one refuses at once.
+pub const MAX_GUEST_CONNECTIONS_PER_PORT: usize = 64;
+/// How long a connection the host closed waits for the guest's RST after our SHUTDOWN.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the listener is left alone after `accept` failed for want of resources.
+const ACCEPT_RETRY: Duration = Duration::from_secs(1);
 /// A `CONNECT <port>\n` line longer than this is garbage.
 const MAX_HANDSHAKE: usize = 32;
 /// Host ports we hand out for host-initiated connections start here.
@@ -31,104 +60,48 @@ const FIRST_HOST_PORT: u32 = 1 << 30;
 
 /// Epoll tokens: fixed ones below `FIRST_CONN_TOKEN`, then one per stream.
 pub const TOKEN_LISTENER: u64 = 4;
+const TOKEN_TIMER: u64 = 5;
 const FIRST_CONN_TOKEN: u64 = 16;
 
-/// (host port, guest port): how both sides name a connection.
-type Key = (u32, u32);
-
-#[derive(Debug, PartialEq, Eq, Clone, Copy)]
-enum State {
-    /// We sent REQUEST for a host client and wait for the guest's RESPONSE.
-    Connecting,
-    Established,
-    /// We sent SHUTDOWN (host side closed); waiting for the guest's RST.
-    Closing,
+/// How many connections a muxer allows at once: [`Limits::DEFAULT`], or smaller in tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Host-initiated connections, clients still writing their `CONNECT` line included.
+    pub host: usize,
+    /// Guest-initiated connections.
+    pub guest: usize,
+    /// Guest-initiated connections to one host listener.
+    pub guest_per_port: usize,
 }
 
-struct Conn {
-    stream: UnixStream,
-    token: u64,
-    state: State,
-    /// Bytes from the guest not yet written to the stream.
-    to_host: VecDeque<u8>,
-    /// How many bytes at the front of `to_host` are ours (the `OK` line), not guest payload:
-    /// they do not count towards `fwd_cnt`.
-    own_bytes: usize,
-    /// Bytes we delivered to the stream (our fwd_cnt) and last told the guest.
-    fwd_cnt: Wrapping<u32>,
-    fwd_cnt_sent: Wrapping<u32>,
-    /// Bytes we sent the guest, and the guest's last buffer size and fwd_cnt.
-    tx_cnt: Wrapping<u32>,
-    peer_buf_alloc: u32,
-    peer_fwd_cnt: Wrapping<u32>,
-    host_eof: bool,
-    guest_no_send: bool,
-    guest_no_recv: bool,
-    /// The epoll events currently registered for `stream`.
-    registered: u32,
-}
-
-impl Conn {
-    fn new(stream: UnixStream, token: u64, state: State) -> Self {
-        Conn {
-            stream,
-            token,
-            state,
-            to_host: VecDeque::new(),
-            own_bytes: 0,
-            fwd_cnt: Wrapping(0),
-            fwd_cnt_sent: Wrapping(0),
-            tx_cnt: Wrapping(0),
-            peer_buf_alloc: 0,
-            peer_fwd_cnt: Wrapping(0),
-            host_eof: false,
-            guest_no_send: false,
-            guest_no_recv: false,
-            registered: 0,
-        }
-    }
-
-    /// How many more bytes the guest can take now.
-    fn peer_credit(&self) -> u32 {
-        let in_flight = (self.tx_cnt - self.peer_fwd_cnt).0;
-        self.peer_buf_alloc.saturating_sub(in_flight)
-    }
-
-    fn wants_read(&self) -> bool {
-        self.state == State::Established
-            && !self.host_eof
-            && !self.guest_no_recv
-            && self.peer_credit() > 0
-    }
-
-    fn wanted_events(&self) -> u32 {
-        let mut ev = 0;
-        if self.wants_read() {
-            ev |= EventSet::IN.bits();
-        }
-        if !self.to_host.is_empty() {
-            ev |= EventSet::OUT.bits();
-        }
-        ev
-    }
-}
-
-/// A host client that has not finished its `CONNECT <port>\n` line yet.
-struct Handshake {
-    stream: UnixStream,
-    line: Vec<u8>,
+impl Limits {
+    pub const DEFAULT: Limits = Limits {
+        host: MAX_HOST_CONNECTIONS,
+        guest: MAX_GUEST_CONNECTIONS,
+        guest_per_port: MAX_GUEST_CONNECTIONS_PER_PORT,
+    };
 }
 
 pub struct Muxer {
     guest_cid: u64,
+    limits: Limits,
     uds_path: PathBuf,
     listener: UnixListener,
+    /// False while accepting is suspended (see [`ACCEPT_RETRY`]).
+    listener_watched: bool,
+    accept_retry_at: Option<Instant>,
     epoll: Epoll,
+    /// Fires at the earliest close deadline or accept retry; `timer_at` is when it is armed for.
+    timer: TimerFd,
+    timer_at: Option<Instant>,
     conns: BTreeMap<Key, Conn>,
     by_token: BTreeMap<u64, Key>,
     handshakes: BTreeMap<u64, Handshake>,
-    /// Control packets waiting for a guest RX buffer.
-    control: VecDeque<Header>,
+    /// The connections whose `pending` slot holds a packet for the guest.
+    owing: BTreeSet<Key>,
+    resets: ResetQueue,
+    /// The connection whose data the guest got last: the one after it is read first.
+    last_served: Option<Key>,
     next_token: u64,
     next_host_port: u32,
 }
@@ -148,31 +121,46 @@ impl Muxer {
         if uds_path.exists() {
             return Err(MuxerError::SocketExists(uds_path.into()));
         }
+        let epoll = Epoll::new().map_err(MuxerError::Epoll)?;
+        let timer = TimerFd::new().map_err(|e| MuxerError::Epoll(e.into()))?;
         let listener =
             UnixListener::bind(uds_path).map_err(|e| MuxerError::Bind(uds_path.into(), e))?;
-        listener
-            .set_nonblocking(true)
-            .map_err(|e| MuxerError::Bind(uds_path.into(), e))?;
-        let epoll = Epoll::new().map_err(MuxerError::Epoll)?;
-        epoll
-            .ctl(
-                ControlOperation::Add,
-                listener.as_raw_fd(),
-                EpollEvent::new(EventSet::IN, TOKEN_LISTENER),
-            )
-            .map_err(MuxerError::Epoll)?;
-        Ok(Muxer {
+        // From here on, dropping the muxer (on an error too) removes the socket file.
+        let mut muxer = Muxer {
             guest_cid,
+            limits: Limits::DEFAULT,
             uds_path: uds_path.into(),
             listener,
+            listener_watched: false,
+            accept_retry_at: None,
             epoll,
+            timer,
+            timer_at: None,
             conns: BTreeMap::new(),
             by_token: BTreeMap::new(),
             handshakes: BTreeMap::new(),
-            control: VecDeque::new(),
+            owing: BTreeSet::new(),
+            resets: ResetQueue::default(),
+            last_served: None,
             next_token: FIRST_CONN_TOKEN,
             next_host_port: FIRST_HOST_PORT,
-        })
+        };
+        muxer
+            .listener
+            .set_nonblocking(true)
+            .map_err(|e| MuxerError::Bind(uds_path.into(), e))?;
+        for (fd, token) in [
+            (muxer.listener.as_raw_fd(), TOKEN_LISTENER),
+            (muxer.timer.as_raw_fd(), TOKEN_TIMER),
+        ] {
+            let ev = EpollEvent::new(EventSet::IN, token);
+            muxer
+                .epoll
+                .ctl(ControlOperation::Add, fd, ev)
+                .map_err(MuxerError::Epoll)?;
+        }
+        muxer.listener_watched = true;
+        Ok(muxer)
     }
 
     pub fn epoll(&self) -> &Epoll {
@@ -183,8 +171,32 @@ impl Muxer {
         self.conns.len() + self.handshakes.len()
     }
 
-    fn header(&self, key: Key, op: u16, flags: u32, len: u32) -> Header {
-        let fwd_cnt = self.conns.get(&key).map_or(0, |c| c.fwd_cnt.0);
+    /// Connections opened by `origin`, set up or being set up.
+    fn count(&self, origin: Origin) -> usize {
+        let conns = self.conns.values().filter(|c| c.origin == origin).count();
+        match origin {
+            Origin::Host => conns + self.handshakes.len(),
+            Origin::Guest => conns,
+        }
+    }
+
+    /// Guest connections to the host listener for `port`.
+    fn count_to_port(&self, port: u32) -> usize {
+        self.conns
+            .range((port, 0)..=(port, u32::MAX))
+            .filter(|(_, c)| c.origin == Origin::Guest)
+            .count()
+    }
+
+    /// A packet header for `key`, with our current credit (which the guest now knows).
+    fn header(&mut self, key: Key, op: u16, flags: u32, len: u32) -> Header {
+        let fwd_cnt = match self.conns.get_mut(&key) {
+            Some(c) => {
+                c.fwd_cnt_sent = c.fwd_cnt;
+                c.fwd_cnt.0
+            }
+            None => 0,
+        };
         Header {
             src_cid: HOST_CID,
             dst_cid: self.guest_cid,
@@ -199,12 +211,13 @@ impl Muxer {
         }
     }
 
-    fn push_control(&mut self, key: Key, op: u16, flags: u32) {
-        let h = self.header(key, op, flags, 0);
+    /// Makes connection `key` owe the guest `op` (see [`Conn::owe`]).
+    fn owe(&mut self, key: Key, op: u16) {
         if let Some(c) = self.conns.get_mut(&key) {
-            c.fwd_cnt_sent = c.fwd_cnt;
+            if c.owe(op) {
+                self.owing.insert(key);
+            }
         }
-        self.control.push_back(h);
     }
 
     fn alloc_token(&mut self) -> u64 {
@@ -213,42 +226,51 @@ impl Muxer {
         t
     }
 
-    fn register(&self, fd: &impl AsRawFd, token: u64, events: u32) {
-        let ev = EpollEvent::new(EventSet::from_bits_truncate(events), token);
-        if let Err(e) = self.epoll.ctl(ControlOperation::Add, fd.as_raw_fd(), ev) {
-            tracing::warn!(error = %e, "vsock: cannot watch a stream");
-        }
-    }
-
     /// Brings the epoll registration of `key` in line with what the connection wants.
     fn sync_interest(&mut self, key: Key) {
         let Some(c) = self.conns.get_mut(&key) else {
             return;
         };
-        let wanted = c.wanted_events();
-        if wanted != c.registered {
-            let ev = EpollEvent::new(EventSet::from_bits_truncate(wanted), c.token);
-            let _ = self
-                .epoll
-                .ctl(ControlOperation::Modify, c.stream.as_raw_fd(), ev);
-            c.registered = wanted;
+        let wanted = c.wanted_registration();
+        if wanted == c.registered {
+            return;
         }
+        let fd = c.stream.as_raw_fd();
+        let event = |ev: u32| EpollEvent::new(EventSet::from_bits_truncate(ev), c.token);
+        let res = match (c.registered, wanted) {
+            (Some(_), Some(ev)) => self.epoll.ctl(ControlOperation::Modify, fd, event(ev)),
+            (None, Some(ev)) => self.epoll.ctl(ControlOperation::Add, fd, event(ev)),
+            (_, None) => self
+                .epoll
+                .ctl(ControlOperation::Delete, fd, EpollEvent::default()),
+        };
+        if let Err(e) = res {
+            tracing::warn!(error = %e, "vsock: cannot change what a stream is watched for");
+        }
+        c.registered = wanted;
     }
 
-    fn remove(&mut self, key: Key) {
-        if let Some(c) = self.conns.remove(&key) {
+    /// Drops connection `key` (its stream closes) and returns it.
+    fn forget(&mut self, key: Key) -> Option<Conn> {
+        let c = self.conns.remove(&key)?;
+        if c.registered.is_some() {
             let _ = self.epoll.ctl(
                 ControlOperation::Delete,
                 c.stream.as_raw_fd(),
                 EpollEvent::default(),
             );
-            self.by_token.remove(&c.token);
         }
+        self.by_token.remove(&c.token);
+        self.owing.remove(&key);
+        self.resume_accepting();
+        Some(c)
     }
 
+    /// Ends connection `key` on both sides: drops it and tells the guest, if it knows of it.
     fn reset(&mut self, key: Key) {
-        self.remove(key);
-        self.push_control(key, OP_RST, 0);
+        if self.forget(key).is_some_and(|c| c.guest_knows) {
+            self.resets.push(key);
+        }
     }
 
     /// Handles one validated packet from the guest.
@@ -257,7 +279,7 @@ impl Muxer {
         let key = (h.dst_port, h.src_port);
         if h.type_ != TYPE_STREAM {
             if h.op != OP_RST {
-                self.push_control(key, OP_RST, 0);
+                self.resets.push(key);
             }
             return;
         }
@@ -267,10 +289,15 @@ impl Muxer {
         }
         let Some(c) = self.conns.get_mut(&key) else {
             if h.op != OP_RST {
-                self.push_control(key, OP_RST, 0);
+                self.resets.push(key);
             }
             return;
         };
+        if h.op == OP_RST {
+            self.forget(key);
+            return;
+        }
+        c.guest_knows = true;
         c.peer_buf_alloc = h.buf_alloc;
         c.peer_fwd_cnt = Wrapping(h.fwd_cnt);
         match (h.op, c.state) {
@@ -282,7 +309,7 @@ impl Muxer {
                 self.flush_to_host(key);
             }
             (OP_RW, State::Established) => {
-                if c.guest_no_send || c.to_host.len() + pkt.payload.len() > BUF_ALLOC as usize {
+                if c.guest_no_send || c.queued_payload() + pkt.payload.len() > BUF_ALLOC as usize {
                     // The guest overran the credit we gave it.
                     self.reset(key);
                     return;
@@ -291,12 +318,12 @@ impl Muxer {
                 self.flush_to_host(key);
             }
             (OP_CREDIT_UPDATE, _) => {}
-            (OP_CREDIT_REQUEST, _) => self.push_control(key, OP_CREDIT_UPDATE, 0),
-            (OP_SHUTDOWN, _) => {
+            (OP_CREDIT_REQUEST, _) => self.owe(key, OP_CREDIT_UPDATE),
+            (OP_SHUTDOWN, State::Established) => {
                 c.guest_no_recv |= h.flags & SHUTDOWN_RCV != 0;
                 c.guest_no_send |= h.flags & SHUTDOWN_SEND != 0;
                 if c.guest_no_send && c.guest_no_recv {
-                    // Deliver what we have, then end the connection on both sides.
+                    // Deliver what we can, then end the connection on both sides.
                     self.flush_to_host(key);
                     self.reset(key);
                     return;
@@ -305,10 +332,7 @@ impl Muxer {
                     let _ = c.stream.shutdown(std::net::Shutdown::Write);
                 }
             }
-            (OP_RST, _) => {
-                self.remove(key);
-                return;
-            }
+            // Anything else, a SHUTDOWN answering ours included, ends the connection.
             _ => {
                 self.reset(key);
                 return;
@@ -318,28 +342,40 @@ impl Muxer {
     }
 
     fn guest_connect(&mut self, key: Key, h: Header) {
-        if self.conns.contains_key(&key) || self.connection_count() >= MAX_CONNECTIONS {
-            self.push_control(key, OP_RST, 0);
-            return;
-        }
+        // The guest uses this pair of ports again, so it is done with any earlier connection on
+        // them: an RST for that one, still queued, would now end the new one.
+        self.resets.cancel(key);
+        let refusal = if self.conns.contains_key(&key) {
+            Some("this pair of ports is in use")
+        } else if self.count(Origin::Guest) >= self.limits.guest {
+            Some("too many guest connections")
+        } else if self.count_to_port(key.0) >= self.limits.guest_per_port {
+            Some("too many guest connections to this port")
+        } else {
+            None
+        };
         let path = format!("{}_{}", self.uds_path.display(), key.0);
-        let stream = match UnixStream::connect(&path) {
-            Ok(s) if s.set_nonblocking(true).is_ok() => s,
-            _ => {
-                tracing::debug!(path, "vsock: nothing listens for the guest's connection");
-                self.push_control(key, OP_RST, 0);
+        let stream = match refusal {
+            Some(why) => Err(why.to_string()),
+            None => connect_nonblocking(Path::new(&path)).map_err(|e| e.to_string()),
+        };
+        let stream = match stream {
+            Ok(s) => s,
+            Err(why) => {
+                tracing::debug!(path, why, "vsock: refused a guest connection");
+                self.resets.push(key);
                 return;
             }
         };
         let token = self.alloc_token();
-        let mut c = Conn::new(stream, token, State::Established);
+        let mut c = Conn::new(stream, token, Origin::Guest, State::Established);
+        c.guest_knows = true;
         c.peer_buf_alloc = h.buf_alloc;
         c.peer_fwd_cnt = Wrapping(h.fwd_cnt);
-        c.registered = c.wanted_events();
-        self.register(&c.stream, token, c.registered);
         self.by_token.insert(token, key);
         self.conns.insert(key, c);
-        self.push_control(key, OP_RESPONSE, 0);
+        self.sync_interest(key);
+        self.owe(key, OP_RESPONSE);
     }
 
     /// Writes what the guest sent to the host stream, as far as it goes without blocking.
@@ -378,424 +414,136 @@ impl Muxer {
         }
         // Tell the guest about freed buffer space before it runs dry.
         if (c.fwd_cnt - c.fwd_cnt_sent).0 >= BUF_ALLOC / 4 {
-            self.push_control(key, OP_CREDIT_UPDATE, 0);
+            self.owe(key, OP_CREDIT_UPDATE);
         }
         self.sync_interest(key);
     }
 
-    /// Handles an epoll event for a host-side socket.
+    /// Handles an epoll event of the muxer's own epoll.
     pub fn handle_event(&mut self, token: u64, events: u32) {
         if token == TOKEN_LISTENER {
             self.accept();
+        } else if token == TOKEN_TIMER {
+            self.handle_timer(Instant::now());
         } else if self.handshakes.contains_key(&token) {
             self.read_handshake(token);
         } else if let Some(&key) = self.by_token.get(&token) {
             if events & EventSet::OUT.bits() != 0 {
                 self.flush_to_host(key);
             }
-            // Reading happens when the guest has RX buffers: see `next_packet_for_guest`.
-            if events & (EventSet::HANG_UP.bits() | EventSet::ERROR.bits()) != 0
-                && events & EventSet::IN.bits() == 0
-            {
-                self.host_closed(key);
-            }
-        }
-    }
-
-    fn accept(&mut self) {
-        loop {
-            match self.listener.accept() {
-                Ok((stream, _)) => {
-                    if self.connection_count() >= MAX_CONNECTIONS
-                        || stream.set_nonblocking(true).is_err()
-                    {
-                        continue; // dropped: the client sees the connection closed
-                    }
-                    let token = self.alloc_token();
-                    self.register(&stream, token, EventSet::IN.bits());
-                    self.handshakes.insert(
-                        token,
-                        Handshake {
-                            stream,
-                            line: Vec::new(),
-                        },
-                    );
+            if events & EventSet::IN.bits() != 0 {
+                // Read when the guest has RX buffers (see `next_packet_for_guest`); until then
+                // epoll is not asked again.
+                if let Some(c) = self.conns.get_mut(&key) {
+                    c.readable = true;
                 }
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(_) => break,
             }
-        }
-    }
-
-    /// Reads the client's `CONNECT <port>\n` one byte at a time, so that nothing past the line
-    /// is consumed before the guest accepted.
-    fn read_handshake(&mut self, token: u64) {
-        let Some(hs) = self.handshakes.get_mut(&token) else {
-            return;
-        };
-        let mut byte = [0u8; 1];
-        let port = loop {
-            match hs.stream.read(&mut byte) {
-                Ok(1) if byte[0] == b'\n' => break parse_connect(&hs.line),
-                Ok(1) if hs.line.len() < MAX_HANDSHAKE => hs.line.push(byte[0]),
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                _ => break None, // EOF, error or an overlong line
-            }
-        };
-        let hs = self.handshakes.remove(&token).expect("handshake exists");
-        let Some(guest_port) = port else {
-            tracing::debug!("vsock: bad CONNECT line from a host client");
-            let _ = self.epoll.ctl(
-                ControlOperation::Delete,
-                hs.stream.as_raw_fd(),
-                EpollEvent::default(),
-            );
-            return;
-        };
-        let host_port = self.alloc_host_port(guest_port);
-        let key = (host_port, guest_port);
-        // Until the guest answers, watch nothing: its RESPONSE or RST decides.
-        let _ = self.epoll.ctl(
-            ControlOperation::Modify,
-            hs.stream.as_raw_fd(),
-            EpollEvent::new(EventSet::empty(), token),
-        );
-        self.by_token.insert(token, key);
-        self.conns
-            .insert(key, Conn::new(hs.stream, token, State::Connecting));
-        self.push_control(key, OP_REQUEST, 0);
-    }
-
-    fn alloc_host_port(&mut self, guest_port: u32) -> u32 {
-        loop {
-            let p = self.next_host_port;
-            self.next_host_port = self
-                .next_host_port
-                .checked_add(1)
-                .unwrap_or(FIRST_HOST_PORT);
-            if !self.conns.contains_key(&(p, guest_port)) {
-                return p;
-            }
-        }
-    }
-
-    fn host_closed(&mut self, key: Key) {
-        let Some(c) = self.conns.get_mut(&key) else {
-            return;
-        };
-        if c.state == State::Connecting {
-            self.reset(key);
-            return;
-        }
-        c.host_eof = true;
-        c.state = State::Closing;
-        self.push_control(key, OP_SHUTDOWN, SHUTDOWN_RCV | SHUTDOWN_SEND);
-        self.sync_interest(key);
-    }
-
-    /// The next packet for the guest, with at most `room` payload bytes: control packets first,
-    /// then data from a stream the guest has credit for. `None` when there is nothing to send.
-    pub fn next_packet_for_guest(&mut self, room: usize) -> Option<(Header, Vec<u8>)> {
-        if let Some(h) = self.control.pop_front() {
-            return Some((h, Vec::new()));
-        }
-        let keys: Vec<Key> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| c.wants_read())
-            .map(|(k, _)| *k)
-            .collect();
-        for key in keys {
-            let c = self.conns.get_mut(&key).expect("key listed above");
-            let n = (c.peer_credit() as usize)
-                .min(room)
-                .min(MAX_PAYLOAD as usize);
-            let mut buf = vec![0u8; n];
-            match c.stream.read(&mut buf) {
-                Ok(0) => self.host_closed(key),
-                Ok(n) => {
-                    buf.truncate(n);
-                    c.tx_cnt += Wrapping(n as u32);
-                    c.fwd_cnt_sent = c.fwd_cnt;
-                    let h = self.header(key, OP_RW, 0, n as u32);
-                    self.sync_interest(key);
-                    return Some((h, buf));
-                }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(_) => self.host_closed(key),
+            if events & (EventSet::HANG_UP.bits() | EventSet::ERROR.bits()) != 0 {
+                self.host_hung_up(key);
             }
             self.sync_interest(key);
         }
-        self.control.pop_front().map(|h| (h, Vec::new()))
     }
 
-    /// True when packets are waiting for guest RX buffers that are not there.
+    /// The next packet for the guest, with at most `room` payload bytes: RSTs first, then the
+    /// control packets connections owe, then data from streams, taking turns. `None` when
+    /// there is nothing to send.
+    pub fn next_packet_for_guest(&mut self, room: usize) -> Option<(Header, Vec<u8>)> {
+        loop {
+            if let Some(key) = self.resets.pop() {
+                return Some((self.header(key, OP_RST, 0, 0), Vec::new()));
+            }
+            if let Some(h) = self.next_owed() {
+                return Some((h, Vec::new()));
+            }
+            if room == 0 {
+                return None;
+            }
+            let key = self.next_readable()?;
+            if let Some(p) = self.read_for_guest(key, room) {
+                return Some(p);
+            }
+            // The stream had nothing after all, or it ended: it is no longer readable.
+        }
+    }
+
+    fn next_owed(&mut self) -> Option<Header> {
+        while let Some(key) = self.owing.pop_first() {
+            let Some(c) = self.conns.get_mut(&key) else {
+                continue;
+            };
+            let Some(op) = c.pending.take() else {
+                continue;
+            };
+            c.guest_knows = true;
+            let flags = match op {
+                OP_SHUTDOWN => SHUTDOWN_RCV | SHUTDOWN_SEND,
+                _ => 0,
+            };
+            return Some(self.header(key, op, flags, 0));
+        }
+        None
+    }
+
+    /// The next connection with data the guest can take, after the last one served.
+    fn next_readable(&self) -> Option<Key> {
+        let ready = |(k, c): (&Key, &Conn)| c.can_read_now().then_some(*k);
+        let Some(last) = self.last_served else {
+            return self.conns.iter().find_map(ready);
+        };
+        self.conns
+            .range((Bound::Excluded(last), Bound::Unbounded))
+            .find_map(ready)
+            .or_else(|| self.conns.range(..=last).find_map(ready))
+    }
+
+    /// Reads what the guest can take from the stream of `key`; `None` if it had nothing, in
+    /// which case it is no longer readable (drained, or ended).
+    fn read_for_guest(&mut self, key: Key, room: usize) -> Option<(Header, Vec<u8>)> {
+        let c = self.conns.get_mut(&key)?;
+        let n = (c.peer_credit() as usize)
+            .min(room)
+            .min(MAX_PAYLOAD as usize);
+        let mut buf = vec![0u8; n];
+        let res = loop {
+            match c.stream.read(&mut buf) {
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                res => break res,
+            }
+        };
+        match res {
+            Ok(0) => self.host_closed(key),
+            Ok(n) => {
+                buf.truncate(n);
+                c.tx_cnt += Wrapping(n as u32);
+                self.last_served = Some(key);
+                return Some((self.header(key, OP_RW, 0, n as u32), buf));
+            }
+            // A stream that hung up is out of epoll: with nothing left to read, it is done.
+            Err(e) if e.kind() == ErrorKind::WouldBlock && c.hung_up => self.host_closed(key),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                c.readable = false;
+                self.sync_interest(key);
+            }
+            Err(_) => self.host_closed(key),
+        }
+        None
+    }
+
+    /// How many RSTs wait for the guest.
+    #[cfg(test)]
+    pub fn queued_resets(&self) -> usize {
+        self.resets.len()
+    }
+
+    /// True when packets wait for RX buffers the guest has not posted.
     pub fn has_control(&self) -> bool {
-        !self.control.is_empty()
+        !self.resets.is_empty() || !self.owing.is_empty()
     }
 }
 
 impl Drop for Muxer {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.uds_path);
-    }
-}
-
-/// Parses `CONNECT <port>` (any case, surrounding blanks allowed).
-fn parse_connect(line: &[u8]) -> Option<u32> {
-    let s = std::str::from_utf8(line).ok()?.trim();
-    let (verb, port) = s.split_once(char::is_whitespace)?;
-    if !verb.eq_ignore_ascii_case("connect") {
-        return None;
-    }
-    port.trim().parse().ok()
-}
-
-#[cfg(test)]
-mod tests {
-    use std::time::Duration;
-
-    use super::*;
-
-    const GUEST: u64 = 3;
-
-    fn muxer(name: &str) -> (Muxer, PathBuf) {
-        let dir = std::env::temp_dir().join(format!("husk-vsock-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("v.sock");
-        (Muxer::new(GUEST, &path).unwrap(), path)
-    }
-
-    fn pkt(op: u16, src_port: u32, dst_port: u32, payload: &[u8]) -> GuestPacket {
-        GuestPacket {
-            hdr: Header {
-                src_cid: GUEST,
-                dst_cid: HOST_CID,
-                src_port,
-                dst_port,
-                len: payload.len() as u32,
-                type_: TYPE_STREAM,
-                op,
-                flags: 0,
-                buf_alloc: 4096,
-                fwd_cnt: 0,
-            },
-            payload: payload.to_vec(),
-        }
-    }
-
-    /// Runs the muxer's event loop for a moment.
-    fn pump(m: &mut Muxer) {
-        let mut events = vec![EpollEvent::default(); 16];
-        for _ in 0..20 {
-            let n = m.epoll().wait(10, &mut events).unwrap();
-            for e in &events[..n] {
-                m.handle_event(e.data(), e.events());
-            }
-        }
-    }
-
-    #[test]
-    fn connect_line_parsing() {
-        assert_eq!(parse_connect(b"CONNECT 1024"), Some(1024));
-        assert_eq!(parse_connect(b"connect 52 "), Some(52));
-        assert_eq!(parse_connect(b"Connect\t7"), Some(7));
-        assert_eq!(parse_connect(b"CONNECT"), None);
-        assert_eq!(parse_connect(b"CONNECT x"), None);
-        assert_eq!(parse_connect(b"LISTEN 5"), None);
-        assert_eq!(parse_connect(b"CONNECT 99999999999"), None);
-        assert_eq!(parse_connect(&[0xff, 0xfe]), None);
-    }
-
-    #[test]
-    fn host_connect_becomes_a_request_then_ok_then_data() {
-        let (mut m, path) = muxer("hostconn");
-        let mut client = UnixStream::connect(&path).unwrap();
-        client.write_all(b"CONNECT 1024\n").unwrap();
-        pump(&mut m);
-        let (req, _) = m.next_packet_for_guest(4096).expect("a REQUEST");
-        assert_eq!(
-            (req.op, req.dst_port, req.dst_cid),
-            (OP_REQUEST, 1024, GUEST)
-        );
-        let host_port = req.src_port;
-
-        m.handle_guest_packet(pkt(OP_RESPONSE, 1024, host_port, b""));
-        let mut line = [0u8; 64];
-        client
-            .set_read_timeout(Some(Duration::from_secs(2)))
-            .unwrap();
-        let n = client.read(&mut line).unwrap();
-        assert_eq!(
-            std::str::from_utf8(&line[..n]).unwrap(),
-            format!("OK {host_port}\n")
-        );
-
-        // Guest to host; our OK line does not count as guest bytes forwarded.
-        m.handle_guest_packet(pkt(OP_RW, 1024, host_port, b"hello"));
-        let n = client.read(&mut line).unwrap();
-        assert_eq!(&line[..n], b"hello");
-        m.handle_guest_packet(pkt(OP_CREDIT_REQUEST, 1024, host_port, b""));
-        let (upd, _) = m.next_packet_for_guest(4096).unwrap();
-        assert_eq!((upd.op, upd.fwd_cnt), (OP_CREDIT_UPDATE, 5));
-
-        // Host to guest, within the guest's credit of 4096.
-        client.write_all(b"world").unwrap();
-        std::thread::sleep(Duration::from_millis(20));
-        let (rw, data) = m.next_packet_for_guest(4096).expect("an RW");
-        assert_eq!((rw.op, rw.src_port, rw.dst_port), (OP_RW, host_port, 1024));
-        assert_eq!(data, b"world");
-        assert_eq!(rw.buf_alloc, BUF_ALLOC);
-    }
-
-    #[test]
-    fn guest_refusal_closes_the_host_client() {
-        let (mut m, path) = muxer("refused");
-        let mut client = UnixStream::connect(&path).unwrap();
-        client.write_all(b"connect 9\n").unwrap();
-        pump(&mut m);
-        let (req, _) = m.next_packet_for_guest(4096).unwrap();
-        m.handle_guest_packet(pkt(OP_RST, 9, req.src_port, b""));
-        assert_eq!(m.connection_count(), 0);
-        let mut b = [0u8; 8];
-        assert_eq!(client.read(&mut b).unwrap(), 0, "closed without OK");
-    }
-
-    #[test]
-    fn garbage_handshake_is_dropped_and_others_go_on() {
-        let (mut m, path) = muxer("garbage");
-        let mut bad = UnixStream::connect(&path).unwrap();
-        bad.write_all(&[b'x'; 100]).unwrap();
-        let mut good = UnixStream::connect(&path).unwrap();
-        good.write_all(b"CONNECT 5\n").unwrap();
-        pump(&mut m);
-        let (req, _) = m.next_packet_for_guest(4096).unwrap();
-        assert_eq!(req.dst_port, 5);
-        assert!(m.next_packet_for_guest(4096).is_none());
-        let mut b = [0u8; 8];
-        // Closed with unread bytes: the client sees EOF or a reset.
-        match bad.read(&mut b) {
-            Ok(0) => {}
-            Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
-            other => panic!("garbage client still open: {other:?}"),
-        }
-    }
-
-    #[test]
-    fn guest_connect_reaches_a_host_listener() {
-        let (mut m, path) = muxer("guestconn");
-        let listener = UnixListener::bind(format!("{}_1025", path.display())).unwrap();
-        m.handle_guest_packet(pkt(OP_REQUEST, 40000, 1025, b""));
-        let (resp, _) = m.next_packet_for_guest(4096).unwrap();
-        assert_eq!(
-            (resp.op, resp.src_port, resp.dst_port),
-            (OP_RESPONSE, 1025, 40000)
-        );
-        let (mut s, _) = listener.accept().unwrap();
-        m.handle_guest_packet(pkt(OP_RW, 40000, 1025, b"log line\n"));
-        let mut b = [0u8; 64];
-        let n = s.read(&mut b).unwrap();
-        assert_eq!(&b[..n], b"log line\n");
-    }
-
-    #[test]
-    fn guest_connect_without_listener_is_reset() {
-        let (mut m, _) = muxer("nolistener");
-        m.handle_guest_packet(pkt(OP_REQUEST, 40000, 7777, b""));
-        let (rst, _) = m.next_packet_for_guest(4096).unwrap();
-        assert_eq!(rst.op, OP_RST);
-    }
-
-    #[test]
-    fn data_for_an_unknown_connection_is_reset() {
-        let (mut m, _) = muxer("unknown");
-        m.handle_guest_packet(pkt(OP_RW, 1, 2, b"x"));
-        assert_eq!(m.next_packet_for_guest(4096).unwrap().0.op, OP_RST);
-        m.handle_guest_packet(pkt(OP_RST, 1, 2, b""));
-        assert!(
-            m.next_packet_for_guest(4096).is_none(),
-            "no RST answers an RST"
-        );
-    }
-
-    #[test]
-    fn guest_overrunning_our_credit_is_reset() {
-        let (mut m, path) = muxer("overrun");
-        let _listener = UnixListener::bind(format!("{}_6", path.display())).unwrap();
-        m.handle_guest_packet(pkt(OP_REQUEST, 50, 6, b""));
-        let _ = m.next_packet_for_guest(4096);
-        // Nobody reads the host side: after BUF_ALLOC bytes are queued, more is a violation.
-        let chunk = vec![0u8; MAX_PAYLOAD as usize];
-        let mut reset = false;
-        for _ in 0..(2 * BUF_ALLOC / MAX_PAYLOAD + 64) {
-            m.handle_guest_packet(pkt(OP_RW, 50, 6, &chunk));
-            while let Some((h, _)) = m.next_packet_for_guest(4096) {
-                reset |= h.op == OP_RST;
-            }
-            if reset {
-                break;
-            }
-        }
-        assert!(reset, "the connection was reset");
-        assert_eq!(m.connection_count(), 0);
-    }
-
-    #[test]
-    fn no_data_is_read_beyond_the_guest_credit() {
-        let (mut m, path) = muxer("credit");
-        let listener = UnixListener::bind(format!("{}_8", path.display())).unwrap();
-        let mut p = pkt(OP_REQUEST, 60, 8, b"");
-        p.hdr.buf_alloc = 10;
-        m.handle_guest_packet(p);
-        let _ = m.next_packet_for_guest(4096);
-        let (mut s, _) = listener.accept().unwrap();
-        s.write_all(&[7u8; 100]).unwrap();
-        std::thread::sleep(Duration::from_millis(20));
-        let (h, data) = m.next_packet_for_guest(4096).unwrap();
-        assert_eq!((h.op, data.len()), (OP_RW, 10));
-        assert!(m.next_packet_for_guest(4096).is_none(), "credit used up");
-        // The guest consumed the 10 bytes: credit again.
-        let mut upd = pkt(OP_CREDIT_UPDATE, 60, 8, b"");
-        upd.hdr.buf_alloc = 10;
-        upd.hdr.fwd_cnt = 10;
-        m.handle_guest_packet(upd);
-        let (_, data) = m.next_packet_for_guest(4096).unwrap();
-        assert_eq!(data.len(), 10);
-    }
-
-    #[test]
-    fn credit_request_is_answered() {
-        let (mut m, path) = muxer("creditreq");
-        let _l = UnixListener::bind(format!("{}_9", path.display())).unwrap();
-        m.handle_guest_packet(pkt(OP_REQUEST, 70, 9, b""));
-        let _ = m.next_packet_for_guest(4096);
-        m.handle_guest_packet(pkt(OP_CREDIT_REQUEST, 70, 9, b""));
-        let (h, _) = m.next_packet_for_guest(4096).unwrap();
-        assert_eq!((h.op, h.buf_alloc), (OP_CREDIT_UPDATE, BUF_ALLOC));
-    }
-
-    #[test]
-    fn host_eof_sends_shutdown() {
-        let (mut m, path) = muxer("eof");
-        let listener = UnixListener::bind(format!("{}_10", path.display())).unwrap();
-        m.handle_guest_packet(pkt(OP_REQUEST, 80, 10, b""));
-        let _ = m.next_packet_for_guest(4096);
-        let (s, _) = listener.accept().unwrap();
-        drop(s);
-        std::thread::sleep(Duration::from_millis(20));
-        let (h, _) = m.next_packet_for_guest(4096).unwrap();
-        assert_eq!((h.op, h.flags), (OP_SHUTDOWN, SHUTDOWN_RCV | SHUTDOWN_SEND));
-    }
-
-    #[test]
-    fn existing_socket_path_is_refused() {
-        let (_m, path) = muxer("exists");
-        assert!(matches!(
-            Muxer::new(GUEST, &path),
-            Err(MuxerError::SocketExists(_))
-        ));
     }
 }
