@@ -208,9 +208,14 @@ fn forward_stdin(serial: Arc<Mutex<SerialConsole>>) {
     }
 }
 
-/// Raises our open-file limit as far as we may (the system's `nr_open` when privileged, else the
-/// hard limit): virtio-fs holds a descriptor for every inode the guest has looked up, and a guest
-/// listing a large directory needs many thousands.
+/// The most file descriptors a VMM holds: virtio-fs keeps one for every inode the guest has
+/// looked up, so the guest decides how many it wants; this is the budget it gets (a lookup past
+/// it fails in the guest with EMFILE). Far above what a container's working set needs, far below
+/// `nr_open` (a billion on systemd hosts).
+const FD_BUDGET: libc::rlim_t = 1 << 16;
+
+/// Sets our open-file limit to [`FD_BUDGET`] (or the system's `nr_open` if that is lower),
+/// lowering a higher inherited one: containerd's own limit is often "infinity".
 fn raise_file_limit() {
     let nr_open: libc::rlim_t = std::fs::read_to_string("/proc/sys/fs/nr_open")
         .ok()
@@ -225,12 +230,14 @@ fn raise_file_limit() {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
             return;
         }
+        let budget = FD_BUDGET.min(nr_open);
         let want = libc::rlimit {
-            rlim_cur: nr_open.max(lim.rlim_max),
-            rlim_max: nr_open.max(lim.rlim_max),
+            rlim_cur: budget,
+            rlim_max: budget,
         };
         if libc::setrlimit(libc::RLIMIT_NOFILE, &want) != 0 {
-            lim.rlim_cur = lim.rlim_max;
+            // Unprivileged: as far as the hard limit allows.
+            lim.rlim_cur = lim.rlim_max.min(budget);
             libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
         }
     }
@@ -420,5 +427,18 @@ mod tests {
         assert_eq!(ExitReason::PowerOff.exit_code(), 0);
         assert_eq!(ExitReason::Reset(String::new()).exit_code(), 3);
         assert_eq!(ExitReason::Crash(String::new()).exit_code(), 4);
+    }
+
+    #[test]
+    fn the_guest_gets_a_fixed_file_budget() {
+        raise_file_limit();
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes a valid rlimit struct.
+        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
+        assert!(lim.rlim_cur <= FD_BUDGET, "{}", lim.rlim_cur);
+        assert!(lim.rlim_max <= FD_BUDGET, "{}", lim.rlim_max);
     }
 }
