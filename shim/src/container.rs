@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use crate::error::{Error, Result};
 
@@ -168,19 +168,6 @@ impl Process {
             at: st.exited_at.unwrap_or_else(SystemTime::now),
         }
     }
-
-    /// [`Process::wait`] with a limit, for tests and bounded waits.
-    pub fn wait_timeout(&self, limit: Duration) -> Option<Exit> {
-        let st = self.state.lock().expect("process lock");
-        let (st, _) = self
-            .changed
-            .wait_timeout_while(st, limit, |s| s.phase != Phase::Stopped)
-            .expect("process lock");
-        (st.phase == Phase::Stopped).then(|| Exit {
-            status: st.exit_status,
-            at: st.exited_at.unwrap_or_else(SystemTime::now),
-        })
-    }
 }
 
 /// Signals that do nothing to a process that has not started (their default is to ignore, or 0,
@@ -225,6 +212,8 @@ pub fn check_id(id: &str) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn proc() -> Process {
@@ -257,10 +246,7 @@ mod tests {
         failed.begin_start().unwrap();
         assert_eq!(failed.never_ran(9), None, "being started: not 'never ran'");
         assert_eq!(failed.start_failed().map(|e| e.status), Some(UNKNOWN_EXIT));
-        assert_eq!(
-            failed.wait_timeout(Duration::from_secs(1)).unwrap().status,
-            255
-        );
+        assert_eq!(failed.wait().status, 255);
     }
 
     #[test]

@@ -68,8 +68,12 @@ pub enum Error {
 }
 
 impl Error {
-    pub fn agent(what: &'static str) -> impl FnOnce(AgentError) -> Error {
-        move |source| Error::Agent { what, source }
+    /// Maps a failed agent call (a ttrpc error or an [`AgentError`]) to what we were doing.
+    pub fn agent<E: Into<AgentError>>(what: &'static str) -> impl FnOnce(E) -> Error {
+        move |e| Error::Agent {
+            what,
+            source: e.into(),
+        }
     }
 
     fn code(&self) -> Code {

@@ -5,7 +5,6 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use crate::agent::Agent;
@@ -60,10 +59,6 @@ pub trait Host: Send + Sync {
     fn unmount_container(&self, id: &str);
     /// Removes what is left of the sandbox once its VM is gone.
     fn teardown(&self);
-    /// Boots that needed a second attempt (the guest did not come up), for the log and tests.
-    fn boot_retries(&self) -> u32 {
-        0
-    }
 }
 
 /// The directory of a sandbox's host state: short, because socket paths live under it.
@@ -83,7 +78,6 @@ pub struct HostSandbox {
     id: String,
     config_path: Option<PathBuf>,
     dir: PathBuf,
-    retries: AtomicU32,
 }
 
 impl HostSandbox {
@@ -93,7 +87,6 @@ impl HostSandbox {
             id: id.into(),
             config_path,
             dir: sandbox_dir(namespace, id),
-            retries: AtomicU32::new(0),
         }
     }
 
@@ -195,7 +188,6 @@ impl HostSandbox {
                 Ok(vm) => break vm,
                 Err(e) if attempt == 1 && e.guest_failed_to_boot() => {
                     tracing::warn!(sandbox = %self.id, error = %e, "the guest did not boot; booting it again");
-                    self.retries.fetch_add(1, Ordering::Relaxed);
                     attempt += 1;
                 }
                 Err(e) => return Err(Error::Boot(e)),
@@ -265,7 +257,8 @@ impl Host for HostSandbox {
                 Default::default()
             }
         };
-        if let Some(storage) = self.storage() {
+        let storage = self.storage();
+        if let Some(storage) = &storage {
             for (id, targets) in &rec.containers {
                 storage.remove_container(id, targets);
             }
@@ -278,13 +271,9 @@ impl Host for HostSandbox {
             crate::cgroup::remove(cgroup);
         }
         let _ = std::fs::remove_dir_all(self.dir.join("vm"));
-        if let Some(storage) = self.storage() {
+        if let Some(storage) = storage {
             storage.teardown(&[Record::file_name()]);
         }
-    }
-
-    fn boot_retries(&self) -> u32 {
-        self.retries.load(Ordering::Relaxed)
     }
 }
 

@@ -302,7 +302,7 @@ impl Sandbox {
                 vm.agent
                     .api()
                     .create_container(ctx(), &r)
-                    .map_err(|e| Error::agent("create the container in the VM")(e.into()))
+                    .map_err(Error::agent("create the container in the VM"))
             });
         if let Err(e) = result {
             self.host.unmount_container(&req.id);
@@ -357,7 +357,7 @@ impl Sandbox {
             vm.agent
                 .api()
                 .start_container(ctx(), &r)
-                .map_err(|e| Error::agent("start the container")(e.into()))?;
+                .map_err(Error::agent("start the container"))?;
             Ok((conn, io))
         } else {
             let mut process: serde_json::Value = serde_json::from_slice(&p.spec)
@@ -372,7 +372,7 @@ impl Sandbox {
             vm.agent
                 .api()
                 .exec_process(ctx(), &r)
-                .map_err(|e| Error::agent("start the exec")(e.into()))?;
+                .map_err(Error::agent("start the exec"))?;
             let io = self.start_io(&conn, p);
             Ok((conn, io))
         }
@@ -469,7 +469,7 @@ impl Sandbox {
             .agent
             .api()
             .signal_process(ctx(), &r)
-            .map_err(|e| Error::agent("signal the process")(e.into()))?;
+            .map_err(Error::agent("signal the process"))?;
         Ok(())
     }
 
@@ -534,7 +534,7 @@ impl Sandbox {
             .agent
             .api()
             .freeze_container(ctx(), &r)
-            .map_err(|e| Error::agent(what)(e.into()))?;
+            .map_err(Error::agent(what))?;
         p.set_paused(frozen);
         self.publish(if frozen {
             TaskEvent::Paused { id: id.into() }
@@ -560,7 +560,7 @@ impl Sandbox {
             .agent
             .api()
             .list_processes(ctx(), &r)
-            .map_err(|e| Error::agent("list the container's processes")(e.into()))?;
+            .map_err(Error::agent("list the container's processes"))?;
         Ok(list.pids)
     }
 
@@ -580,7 +580,7 @@ impl Sandbox {
             .agent
             .api()
             .tty_win_resize(ctx(), &r)
-            .map_err(|e| Error::agent("resize the terminal")(e.into()))?;
+            .map_err(Error::agent("resize the terminal"))?;
         Ok(())
     }
 
@@ -615,7 +615,7 @@ impl Sandbox {
             .agent
             .api()
             .update_container(ctx(), &r)
-            .map_err(|e| Error::agent("update the container's resources")(e.into()))?;
+            .map_err(Error::agent("update the container's resources"))?;
         Ok(())
     }
 
@@ -629,7 +629,7 @@ impl Sandbox {
             .agent
             .api()
             .stats_container(ctx(), &r)
-            .map_err(|e| Error::agent("read the container's statistics")(e.into()))
+            .map_err(Error::agent("read the container's statistics"))
     }
 
     /// The VMM's pid, 0 while no VM runs.
@@ -638,10 +638,6 @@ impl Sandbox {
             VmSlot::Up(vm) => vm.vmm_pid,
             _ => 0,
         }
-    }
-
-    pub fn boot_retries(&self) -> u32 {
-        self.host.boot_retries()
     }
 
     /// Waits for the process in the guest on its own connection, lets its output drain, then

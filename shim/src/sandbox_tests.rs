@@ -230,7 +230,7 @@ impl Host for FakeHost {
         let sock = self.socket.clone();
         let dial: crate::agent::Dialer = Arc::new(move || UnixStream::connect(&sock));
         let agent =
-            Agent::connect(dial, Duration::from_secs(5)).map_err(|e| Error::agent("connect")(e))?;
+            Agent::connect(dial, Duration::from_secs(5)).map_err(Error::agent("connect"))?;
         *self.agent.lock().unwrap() = Some(agent.clone());
         Ok(BootedVm::agent_only(agent, 4242))
     }

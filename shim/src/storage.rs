@@ -249,10 +249,6 @@ impl SandboxStorage {
         })
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     /// What virtio-fs serves to the guest.
     pub fn guest_share(&self) -> PathBuf {
         self.path(SHARED)
