@@ -42,6 +42,16 @@ diagnose() {
 }
 
 run() { tmo $CTR run --runtime $KATA "$@"; }
+
+# One pid per VM: the process the shim started (the jailed VMM is its child, also husk-vmm).
+vmm_pids() {
+  local p pp
+  for p in $(pgrep -x husk-vmm); do
+    pp=$(awk '$1 == "PPid:" {print $2}' /proc/$p/status 2>/dev/null)
+    [ "$(cat /proc/$pp/comm 2>/dev/null)" = husk-vmm ] || echo "$p"
+  done
+}
+vmm_count() { vmm_pids | wc -l; }
 CGROUP_MOUNT=type=cgroup,src=cgroup,dst=/sys/fs/cgroup,options=ro
 
 # Leftovers of husk on this machine: VMMs, sandbox directories, mounts, shim sockets.
@@ -155,10 +165,10 @@ s_two() {
   tmo $CTR run --runtime $KATA -d $IMAGE p1 sleep 600 || return 1
   tmo $CTR run --runtime $KATA -d $IMAGE p2 sleep 600 || return 1
   $CTR task ls | awk '$1=="p1"||$1=="p2"{print "ls:", $1, $3}'
-  echo "vmms: $(pgrep -xc husk-vmm)"
+  echo "vmms: $(vmm_count)"
   # Each VMM runs in its sandbox's cgroup, where runc would have put the container.
   local p
-  for p in $(pgrep -x husk-vmm); do echo "vmm cgroup $(cut -d: -f3 /proc/$p/cgroup)"; done
+  for p in $(vmm_pids); do echo "vmm cgroup $(cut -d: -f3 /proc/$p/cgroup)"; done
   tmo $CTR task exec --exec-id x p2 echo p2 answers </dev/null
   for c in p1 p2; do husk_task_gone $c; done
 }
@@ -198,12 +208,12 @@ s_pod() {
   local a=--annotation
   tmo $CTR run --runtime $KATA -d $a io.kubernetes.cri.sandbox-id=podA $IMAGE podA sleep 600 || return 1
   tmo $CTR run --runtime $KATA -d $a io.kubernetes.cri.sandbox-id=podA $IMAGE w1 sleep 600 || return 1
-  echo "vmms: $(pgrep -xc husk-vmm)"
+  echo "vmms: $(vmm_count)"
   echo "shims: $(pgrep -fc containerd-shim-kata-v2)"
   tmo $CTR task exec --exec-id x w1 sh -c 'echo "w1 in pod"' </dev/null
   for c in w1 podA; do
     husk_task_gone $c
-    echo "after deleting $c: vmms $(pgrep -xc husk-vmm)"
+    echo "after deleting $c: vmms $(vmm_count)"
   done
 }
 
@@ -262,13 +272,13 @@ s_shim_crash() {
   # A shim killed with SIGKILL: containerd runs `containerd-shim-kata-v2 delete`, which must
   # remove the VM, the mounts and the directories the dead shim left.
   tmo $CTR run --runtime $KATA -d $IMAGE cr1 sleep 600 || return 1
-  echo "vmms before: $(pgrep -xc husk-vmm)"
+  echo "vmms before: $(vmm_count)"
   pkill -9 -f containerd-shim-kata-v2
   for _ in $(seq 50); do
-    [ "$(pgrep -xc husk-vmm)" = 0 ] && break
+    [ "$(vmm_count)" = 0 ] && break
     sleep 0.2
   done
-  echo "vmms after: $(pgrep -xc husk-vmm)"
+  echo "vmms after: $(vmm_count)"
   $CTR task delete cr1 >/dev/null 2>&1
   $CTR container delete cr1
   leftovers
@@ -327,6 +337,12 @@ s_hostile_guest() {
   ' </dev/null
   echo "host device nodes: $(find "$CTRD_ROOT" -name 'hostile-*' \( -type c -o -type b \) 2>/dev/null | wc -l)"
   echo "vmm $(grep -E '^NoNewPrivs' /proc/$(pgrep -xo husk-vmm)/status | tr -s '\t ' ' ')"
+  # The VMM the shim started is jailed: its child runs the VM under seccomp in its own mounts.
+  local outer inner
+  outer=$(vmm_pids | head -n1)
+  inner=$(awk '{print $1}' "/proc/$outer/task/$outer/children")
+  echo "jailed vmm: Seccomp $(awk '$1 == "Seccomp:" {print $2}' "/proc/$inner/status")" \
+    "mnt $([ "$(readlink "/proc/$inner/ns/mnt")" = "$(readlink /proc/self/ns/mnt)" ] && echo host || echo own)"
   husk_task_gone hg1
   echo "host ro files: $(ls -A "$WORK/rodir/sub" | wc -l)"
   umount "$WORK/rodir/sub"

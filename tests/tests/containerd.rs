@@ -374,6 +374,7 @@ fn a_hostile_container_cannot_reach_the_agent_or_make_host_devices() {
     assert!(s.after("ro sub: ").contains("Read-only"), "{}", s.output);
     assert_eq!(s.after("host ro files: "), "0", "{}", s.output);
     assert_eq!(s.after("vmm NoNewPrivs: "), "1", "{}", s.output);
+    assert_eq!(s.after("jailed vmm: "), "Seccomp 2 mnt own", "{}", s.output);
     // A cgroup that holds someone else's process is refused, and the process lives on.
     assert!(
         s.after("cgroup: ").contains("holds processes"),

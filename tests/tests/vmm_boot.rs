@@ -4,7 +4,7 @@
 use std::process::Command;
 use std::sync::OnceLock;
 
-use husk_integration::{initrd, kernel, run, run_batch, vmm, Batch, Section};
+use husk_integration::{initrd, kernel, repo, run, run_batch, vmm, Batch, Section};
 
 const READY: &str = "husk-agent: ready in ";
 
@@ -34,8 +34,21 @@ fn batch() -> &'static Batch {
                 "exit_status",
                 boot(1, "-- /bin/sh -c \"echo from-guest; exit 5\""),
             ),
+            ("jail", jail_facts("")),
+            ("no_jail", jail_facts("--no-jail")),
         ])
     })
+}
+
+/// tests/vmm/jail-facts.sh: what the host sees of a running VMM.
+fn jail_facts(extra: &str) -> String {
+    format!(
+        "{} {} {} {} {extra}",
+        repo().join("tests/vmm/jail-facts.sh").display(),
+        vmm().display(),
+        kernel().display(),
+        initrd().display()
+    )
 }
 
 fn section(name: &str) -> &'static Section {
@@ -224,4 +237,96 @@ fn pvm_kvm_is_explained_or_standard_kvm_boots() {
         // On a standard-KVM host the same command boots, and the idle guest powers off.
         assert_eq!(code, 0, "{err}");
     }
+}
+
+/// `KEY=VALUE` lines of a jail-facts section.
+fn facts(s: &Section) -> std::collections::BTreeMap<String, String> {
+    s.output
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect()
+}
+
+#[test]
+fn the_vmm_runs_in_its_jail() {
+    let s = section("jail");
+    let f = facts(s);
+    let get = |k: &str| {
+        f.get(k)
+            .map(String::as_str)
+            .unwrap_or_else(|| panic!("no {k} in:\n{}", s.output))
+    };
+    // Its own namespaces, pid 1 in its pid namespace.
+    for ns in ["mnt", "pid", "net", "ipc", "uts"] {
+        assert_eq!(
+            get(&format!("ns_{ns}")),
+            "own",
+            "{ns} namespace:\n{}",
+            s.output
+        );
+    }
+    assert_eq!(get("vmm_NSpid"), "1", "{}", s.output);
+    // A root with only what the VM needs: no /etc, no /usr.
+    assert_eq!(get("root_has_etc"), "no", "{}", s.output);
+    assert!(
+        !get("root_entries")
+            .split(' ')
+            .any(|e| e == "usr" || e == "etc"),
+        "{}",
+        s.output
+    );
+    // With a virtio-fs share: CHOWN, DAC_OVERRIDE, FOWNER, FSETID, SETGID, SETUID and nothing
+    // else, in the bounding set too.
+    assert_eq!(get("vmm_CapEff"), "00000000000000db", "{}", s.output);
+    assert_eq!(get("vmm_CapBnd"), "00000000000000db", "{}", s.output);
+    assert_eq!(get("vmm_NoNewPrivs"), "1", "{}", s.output);
+    // The outer process that only waits keeps nothing.
+    assert_eq!(get("outer_CapEff"), "0000000000000000", "{}", s.output);
+    assert_eq!(get("outer_Seccomp"), "2", "{}", s.output);
+    // Every thread under a seccomp filter (mode 2), and the kinds we expect are there.
+    let threads: Vec<&str> = s
+        .output
+        .lines()
+        .filter(|l| l.starts_with("thread "))
+        .collect();
+    for kind in ["vcpu0", "dev-spawner", "vsock", "virtio-fs", "virtio-rng"] {
+        assert!(
+            threads
+                .iter()
+                .any(|t| t.starts_with(&format!("thread {kind} "))),
+            "{kind}: {threads:?}"
+        );
+    }
+    assert!(
+        threads.iter().all(|t| t.ends_with("Seccomp=2")),
+        "{threads:?}"
+    );
+    // Killing the process the shim started ends the VMM inside.
+    assert_eq!(get("vmm_alive_after_kill"), "no", "{}", s.output);
+    assert_eq!(get("stderr"), "", "{}", s.output);
+}
+
+#[test]
+fn no_jail_is_explicit_and_leaves_the_vmm_as_it_was_started() {
+    let s = section("no_jail");
+    let f = facts(s);
+    assert_eq!(
+        f.get("ns_mnt").map(String::as_str),
+        Some("same"),
+        "{}",
+        s.output
+    );
+    assert_eq!(
+        f.get("vmm_Seccomp").map(String::as_str),
+        Some("0"),
+        "{}",
+        s.output
+    );
+    assert_eq!(
+        f.get("vmm_alive_after_kill").map(String::as_str),
+        Some("no"),
+        "{}",
+        s.output
+    );
 }

@@ -7,10 +7,12 @@
 //! - [`devices`]: the emulated hardware (serial console, power/reset ports, virtio devices).
 //! - [`device_manager`]: owns the buses, hands out MMIO windows and IRQs.
 //! - [`vmm`]: ties them together and runs the guest until it powers off, resets or crashes.
+//! - [`jail`]: the namespaces, mounts, capabilities and seccomp filters the VMM runs within.
 
 pub mod boot;
 pub mod device_manager;
 pub mod devices;
+pub mod jail;
 pub mod layout;
 pub mod vmm;
 pub mod vstate;

@@ -1,13 +1,18 @@
 //! `husk-vmm`: boots a Linux guest under KVM and runs it until it stops.
 //!
 //! Exit status: 0 the guest powered off, 3 it reset (reboot, panic or triple fault), 4 it
-//! crashed (KVM could not run it), 1 the VM could not be built, 2 bad command line.
+//! crashed (KVM could not run it), 5 a VMM thread made a system call its seccomp filter forbids,
+//! 1 the VM could not be built, 2 bad command line.
+//!
+//! As root it runs in a jail (see `husk_vmm::jail`) unless `--no-jail` says otherwise.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Parser;
+use husk_vmm::devices::virtio::fs::FsConfig;
+use husk_vmm::jail::{Access, Bind, JailPlan, FS_CAPABILITIES};
 use husk_vmm::{ConsoleOutput, ExitReason, VmConfig};
 
 #[derive(Parser, Debug)]
@@ -51,7 +56,11 @@ struct Args {
     /// Share a host directory with virtio-fs: `tag=TAG,path=DIR[,cache=never|auto|always]`
     /// (the guest mounts it with `mount -t virtiofs TAG DIR`). May be repeated.
     #[arg(long, value_name = "tag=TAG,path=DIR[,cache=MODE]")]
-    fs: Vec<husk_vmm::devices::virtio::fs::FsConfig>,
+    fs: Vec<FsConfig>,
+    /// Run without the jail (own namespaces, a root holding only the VM's files, capabilities
+    /// dropped) and without seccomp filters: for debugging only.
+    #[arg(long)]
+    no_jail: bool,
 }
 
 fn main() -> ExitCode {
@@ -64,7 +73,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .init();
-    let config = VmConfig {
+    let mut config = VmConfig {
         kernel: args.kernel,
         initrd: args.initrd,
         cmdline: args.cmdline,
@@ -79,7 +88,18 @@ fn main() -> ExitCode {
         rng: !args.no_rng,
         vsock: args.vsock_uds.map(|p| (p, args.vsock_cid)),
         fs: args.fs,
+        seccomp: !args.no_jail,
     };
+    if !config.fs.is_empty() {
+        // Before the jail drops the capability to raise it.
+        husk_vmm::vmm::raise_file_limit();
+    }
+    if !args.no_jail {
+        if let Err(msg) = jail(&mut config) {
+            eprintln!("husk-vmm: {msg}");
+            return ExitCode::from(1);
+        }
+    }
     match husk_vmm::run(&config) {
         Ok(reason) => {
             match &reason {
@@ -90,14 +110,110 @@ fn main() -> ExitCode {
             ExitCode::from(reason.exit_code() as u8)
         }
         Err(e) => {
-            let mut msg = format!("husk-vmm: {e}");
-            let mut source = std::error::Error::source(&e);
-            while let Some(s) = source {
-                msg.push_str(&format!(": {s}"));
-                source = s.source();
-            }
-            eprintln!("{msg}");
+            eprintln!("husk-vmm: {}", chain(&e));
             ExitCode::from(1)
         }
     }
+}
+
+/// An error with its causes, `: `-separated.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        msg.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    msg
+}
+
+/// Enters the jail, with every path of `config` made absolute (the jail's working directory is
+/// its root). As a user without root, only no_new_privs and the seccomp filters apply.
+fn jail(config: &mut VmConfig) -> Result<(), String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        tracing::info!("not root: no jail namespaces, seccomp filters only");
+        // SAFETY: prctl with constant arguments.
+        if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+            return Err(format!(
+                "cannot set no_new_privs: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        return Ok(());
+    }
+    let plan = jail_plan(config)?;
+    husk_vmm::jail::enter(&plan).map_err(|e| chain(&e))
+}
+
+/// The binds and capabilities the VM of `config` needs; rewrites its paths as canonical ones.
+fn jail_plan(config: &mut VmConfig) -> Result<JailPlan, String> {
+    let canonical = |p: &Path, what: &str| {
+        std::fs::canonicalize(p).map_err(|e| format!("{what} {}: {e}", p.display()))
+    };
+    let mut binds = vec![Bind {
+        path: "/dev/kvm".into(),
+        access: Access::Device,
+    }];
+    config.kernel = canonical(&config.kernel, "Kernel")?;
+    binds.push(Bind {
+        path: config.kernel.clone(),
+        access: Access::ReadOnly,
+    });
+    if let Some(initrd) = &mut config.initrd {
+        *initrd = canonical(initrd, "Initramfs")?;
+        binds.push(Bind {
+            path: initrd.clone(),
+            access: Access::ReadOnly,
+        });
+    }
+    if let ConsoleOutput::File(path) = &mut config.console {
+        // Created here, so that the file can be bound in; the VMM truncates it when it starts.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&*path)
+            .map_err(|e| format!("Cannot open the console file {}: {e}", path.display()))?;
+        *path = canonical(path, "Console file")?;
+        binds.push(Bind {
+            path: path.clone(),
+            access: Access::ReadWrite,
+        });
+    }
+    if let Some((sock, _)) = &mut config.vsock {
+        // The socket and the guest's `<sock>_<port>` sockets live in its directory.
+        let name = sock
+            .file_name()
+            .ok_or_else(|| format!("--vsock-uds {}: not a file name", sock.display()))?
+            .to_owned();
+        let dir = sock.parent().filter(|d| !d.as_os_str().is_empty());
+        let dir = canonical(dir.unwrap_or(Path::new(".")), "Vsock socket directory")?;
+        *sock = dir.join(name);
+        binds.push(Bind {
+            path: dir,
+            access: Access::ReadWrite,
+        });
+    }
+    for fs in &mut config.fs {
+        fs.path = canonical(&fs.path, "Shared directory")?;
+        binds.push(Bind {
+            path: fs.path.clone(),
+            access: Access::Share {
+                read_only: fs.read_only,
+            },
+        });
+    }
+    if config.rng {
+        binds.push(Bind {
+            path: "/dev/urandom".into(),
+            access: Access::Device,
+        });
+    }
+    let keep = if config.fs.is_empty() {
+        Vec::new()
+    } else {
+        FS_CAPABILITIES.to_vec()
+    };
+    Ok(JailPlan { binds, keep })
 }

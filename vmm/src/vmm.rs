@@ -18,6 +18,7 @@ use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::vsock::muxer::MuxerError;
 use crate::devices::virtio::vsock::Vsock;
 use crate::devices::StopReason;
+use crate::jail::seccomp::{self, SeccompError, ThreadKind};
 use crate::layout::{CMDLINE_MAX_SIZE, MIN_MEMORY_MIB};
 use crate::vstate::kvm::{self, KvmError};
 use crate::vstate::memory::{self, MemoryError};
@@ -61,6 +62,8 @@ pub enum VmmError {
     Cid(u64),
     #[error(transparent)]
     Fs(#[from] FsError),
+    #[error(transparent)]
+    Seccomp(#[from] SeccompError),
 }
 
 /// Where the guest's serial console goes.
@@ -88,6 +91,8 @@ pub struct VmConfig {
     pub vsock: Option<(PathBuf, u64)>,
     /// Host directories shared with virtio-fs.
     pub fs: Vec<FsConfig>,
+    /// Every thread runs under the seccomp filter of its kind ([`ThreadKind`]).
+    pub seccomp: bool,
 }
 
 impl Default for VmConfig {
@@ -103,6 +108,7 @@ impl Default for VmConfig {
             rng: true,
             vsock: None,
             fs: Vec::new(),
+            seccomp: false,
         }
     }
 }
@@ -186,10 +192,16 @@ fn console_writer(console: &ConsoleOutput) -> Result<Box<dyn Write + Send>, VmmE
 }
 
 /// Feeds our stdin to the guest's serial console, waiting while its FIFO is full.
-fn forward_stdin(serial: Arc<Mutex<SerialConsole>>) {
+fn forward_stdin(serial: Arc<Mutex<SerialConsole>>, filtered: bool) {
     let spawned = std::thread::Builder::new()
         .name("console-in".into())
         .spawn(move || {
+            if filtered {
+                if let Err(e) = ThreadKind::ConsoleIn.install() {
+                    tracing::error!(error = %e, "console input stays unread");
+                    return;
+                }
+            }
             let mut stdin = std::io::stdin().lock();
             let mut buf = [0u8; 64];
             while let Ok(n @ 1..) = stdin.read(&mut buf) {
@@ -216,7 +228,7 @@ const FD_BUDGET: libc::rlim_t = 1 << 16;
 
 /// Sets our open-file limit to [`FD_BUDGET`] (or the system's `nr_open` if that is lower),
 /// lowering a higher inherited one: containerd's own limit is often "infinity".
-fn raise_file_limit() {
+pub fn raise_file_limit() {
     let nr_open: libc::rlim_t = std::fs::read_to_string("/proc/sys/fs/nr_open")
         .ok()
         .and_then(|s| s.trim().parse().ok())
@@ -286,21 +298,37 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
 
     let cpuid = vcpu::supported_cpuid(&kvm)?;
     let tsc_deadline = kvm.check_extension(Cap::TscDeadlineTimer);
+    let filtered = config.seccomp;
+    if filtered {
+        seccomp::install_sigsys_handler()?;
+        seccomp::start_device_spawner()?;
+    }
     let mut handles = Vec::new();
     for id in 0..config.vcpus {
         let fd = vcpu::create(&vm, id, config.vcpus, &cpuid, tsc_deadline, entry)?;
         let (pio, mmio, stop) = (devices.pio.clone(), devices.mmio.clone(), stop_tx.clone());
         let handle = std::thread::Builder::new()
             .name(format!("vcpu{id}"))
-            .spawn(move || vcpu::run(fd, id, pio, mmio, stop))
+            .spawn(move || {
+                if filtered {
+                    if let Err(e) = ThreadKind::Vcpu.install() {
+                        let _ = stop.send(StopReason::Crash(e.to_string()));
+                        return;
+                    }
+                }
+                vcpu::run(fd, id, pio, mmio, stop)
+            })
             .map_err(|e| VcpuError::Thread(id, e))?;
         handles.push(handle);
     }
     phase("vCPUs started");
     if config.console == ConsoleOutput::Stdio {
-        forward_stdin(serial);
+        forward_stdin(serial, filtered);
     }
     drop(stop_tx);
+    if filtered {
+        ThreadKind::Main.install()?;
+    }
 
     // Every vCPU and device holds a sender, so this only fails if all of them are gone, which
     // a running guest cannot cause.

@@ -99,14 +99,15 @@ impl<H: EventHandler> Worker<H> {
             .map_err(WorkerError::Setup)?;
         handler.register(&Interest { epoll: &epoll })?;
         let thread_name = name.to_string();
-        let thread = std::thread::Builder::new()
-            .name(name.into())
-            .spawn(move || {
-                let handler = run(&epoll, handler, &thread_name);
-                drop(thread_stop);
-                handler
-            })
-            .map_err(WorkerError::Spawn)?;
+        // Created by the device spawner, so that the thread carries the worker's seccomp
+        // filter, not that of the vCPU activating the device.
+        let builder = std::thread::Builder::new().name(name.into());
+        let thread = crate::jail::seccomp::spawn_device_thread(builder, move || {
+            let handler = run(&epoll, handler, &thread_name);
+            drop(thread_stop);
+            handler
+        })
+        .map_err(WorkerError::Spawn)?;
         Ok(Self {
             stop,
             thread: Some(thread),

@@ -61,6 +61,19 @@ pub enum FsError {
     ReadOnly(PathBuf, #[source] std::io::Error),
 }
 
+/// Whether `path` is on a read-only mount.
+fn on_read_only_mount(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(p) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: statvfs fills a zeroed struct from a valid path.
+    unsafe {
+        let mut st: libc::statvfs = std::mem::zeroed();
+        libc::statvfs(p.as_ptr(), &mut st) == 0 && st.f_flag & libc::ST_RDONLY != 0
+    }
+}
+
 /// Makes `path` read-only for this process: a private mount namespace (once per process, while
 /// it is still single-threaded) with a read-only bind mount of `path` on itself.
 fn bind_read_only(path: &Path) -> std::io::Result<()> {
@@ -166,6 +179,7 @@ impl std::str::FromStr for FsConfig {
 type FsServer = Server<Arc<PassthroughFs<()>>>;
 
 pub struct Fs {
+    tag: String,
     config: [u8; TAG_LEN + 4],
     all_xattrs: bool,
     server: Arc<FsServer>,
@@ -182,7 +196,9 @@ impl Fs {
             return Err(FsError::NotADirectory(cfg.path.clone()));
         }
         let passthrough = |e| FsError::Passthrough(cfg.path.clone(), e);
-        if cfg.read_only {
+        // The jail already binds a read-only share read-only (its whole tree); without the
+        // jail, a private read-only bind does it.
+        if cfg.read_only && !on_read_only_mount(&cfg.path) {
             bind_read_only(&cfg.path).map_err(|e| FsError::ReadOnly(cfg.path.clone(), e))?;
         }
         let timeout = match cfg.cache {
@@ -210,6 +226,7 @@ impl Fs {
         config[..cfg.tag.len()].copy_from_slice(cfg.tag.as_bytes());
         config[TAG_LEN..].copy_from_slice(&1u32.to_le_bytes());
         Ok(Fs {
+            tag: cfg.tag.clone(),
             config,
             all_xattrs: cfg.all_xattrs,
             server: Arc::new(Server::new(Arc::new(fs))),
@@ -247,6 +264,8 @@ impl VirtioDevice for Fs {
             return Err(ActivateError::AlreadyActive(NAME));
         }
         let handler = FsHandler {
+            tag: self.tag.clone(),
+            out_of_files: 0,
             mem,
             interrupt,
             queues,
@@ -280,6 +299,9 @@ impl VirtioDevice for Fs {
 
 /// The activated device, on its worker thread.
 struct FsHandler {
+    tag: String,
+    /// Requests that failed because the VMM's file budget was used up.
+    out_of_files: u64,
     mem: GuestMemory,
     interrupt: Arc<Interrupt>,
     queues: Vec<Queue>,
@@ -308,10 +330,42 @@ impl FsHandler {
             return;
         };
         let (mem, server, all_xattrs) = (&self.mem, &self.server, self.all_xattrs);
+        let (tag, out_of_files) = (&self.tag, &mut self.out_of_files);
         queue::drain(queue, mem, &self.interrupt, |chain| {
-            Completion::Used(serve(server, mem, chain, all_xattrs))
+            let reply = first_writable(&chain);
+            let used = serve(server, mem, chain, all_xattrs);
+            if reply.is_some_and(|r| reply_errno(mem, r, used) == Some(libc::EMFILE)) {
+                *out_of_files += 1;
+                // The first time, then every 1000th: the guest decides how often.
+                if *out_of_files % 1000 == 1 {
+                    tracing::warn!(
+                        share = %tag,
+                        failed = *out_of_files,
+                        "virtio-fs: the guest holds as many host files as the VMM's budget \
+                         allows (RLIMIT_NOFILE); its lookups and opens fail with EMFILE until it \
+                         forgets some inodes"
+                    );
+                }
+            }
+            Completion::Used(used)
         });
     }
+}
+
+/// Where the reply of `chain` begins in guest memory.
+fn first_writable(chain: &DescriptorChain<&GuestMemory>) -> Option<vm_memory::GuestAddress> {
+    chain.clone().find(|d| d.is_write_only()).map(|d| d.addr())
+}
+
+/// The errno of a FUSE error reply (`struct fuse_out_header { u32 len; i32 error; u64 unique }`)
+/// written at `at`, for the log only: the guest can change it under us.
+fn reply_errno(mem: &GuestMemory, at: vm_memory::GuestAddress, used: u32) -> Option<i32> {
+    use vm_memory::{Address, Bytes};
+    if used < 16 {
+        return None;
+    }
+    let error: i32 = mem.read_obj(at.checked_add(4)?).ok()?;
+    (error < 0).then_some(-error)
 }
 
 /// Serves one FUSE request and returns how many reply bytes were written. A malformed request
@@ -446,6 +500,8 @@ mod tests {
             vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).unwrap(),
         ));
         let mut handler = FsHandler {
+            tag: "t".into(),
+            out_of_files: 0,
             mem: mem.clone(),
             interrupt: irq,
             queues: vec![vq.create_queue().unwrap(), vq.create_queue().unwrap()],
@@ -455,6 +511,21 @@ mod tests {
         };
         handler.process(0);
         vq.used().ring().ref_at(0).unwrap().load().len()
+    }
+
+    #[test]
+    fn an_error_reply_is_read_back_for_the_log() {
+        use vm_memory::{Address, Bytes, GuestAddress};
+        let mem = crate::vstate::memory::create(1 << 20).unwrap();
+        let at = GuestAddress(0x1000);
+        // struct fuse_out_header { u32 len; i32 error; u64 unique }
+        mem.write_obj(16u32, at).unwrap();
+        mem.write_obj(-libc::EMFILE, at.unchecked_add(4)).unwrap();
+        assert_eq!(reply_errno(&mem, at, 16), Some(libc::EMFILE));
+        // A short reply has no header; a success has error 0.
+        assert_eq!(reply_errno(&mem, at, 8), None);
+        mem.write_obj(0i32, at.unchecked_add(4)).unwrap();
+        assert_eq!(reply_errno(&mem, at, 16), None);
     }
 
     #[test]
