@@ -10,7 +10,7 @@ TESTHOST := tests/testhost/run.sh
 
 # Debian packages the build, the guest image and the tests need.
 APT_PACKAGES := qemu-system-x86 busybox-static cpio linux-source-6.1 bison flex bc libelf-dev protobuf-compiler \
-	xz-utils lz4 file python3 gcc libc6-dev containerd runc
+	xz-utils lz4 file python3 gcc libc6-dev containerd runc libseccomp-dev
 
 .PHONY: all deps build agent guest-image kernel initramfs demo test unit-test integration-test \
 	bench fmt clippy lint clean install install-files uninstall
@@ -31,9 +31,14 @@ build:
 	$(CARGO) build --release --workspace --exclude husk-agent
 	$(MAKE) agent
 
-# The agent is PID 1 of the guest: a static-pie binary on the gnu target.
+# The agent is PID 1 of the guest: a static-pie binary on the gnu target, with libseccomp
+# (libseccomp-dev's libseccomp.a) linked in for the containers' seccomp profiles.
+LIBSECCOMP_LIB_PATH ?= /usr/lib/x86_64-linux-gnu
 agent:
-	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release -p husk-agent --target $(AGENT_TARGET)
+	@[ -f $(LIBSECCOMP_LIB_PATH)/libseccomp.a ] || { echo "agent: $(LIBSECCOMP_LIB_PATH)/libseccomp.a is missing: install libseccomp-dev (make deps)" >&2; exit 1; }
+	RUSTFLAGS="-C target-feature=+crt-static" LIBSECCOMP_LINK_TYPE=static \
+		LIBSECCOMP_LIB_PATH=$(LIBSECCOMP_LIB_PATH) \
+		$(CARGO) build --release -p husk-agent --target $(AGENT_TARGET)
 
 kernel:
 	guest-image/build-kernel.sh $(GUEST_DIR)/vmlinux

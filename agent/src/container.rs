@@ -1,4 +1,5 @@
-//! The pod's OCI containers, run with youki's `libcontainer`.
+//! The pod's OCI containers, run with youki's `libcontainer`, which also loads the container's
+//! seccomp profile (checked first in `seccomp`).
 //!
 //! libcontainer forks with raw `clone3` and runs Rust code in the child, which is only safe in
 //! a single-threaded process. PID 1 serves ttrpc on many threads, so every libcontainer call
@@ -26,6 +27,7 @@ use libcontainer::oci_spec::runtime::LinuxResources;
 
 use crate::oom::OomWatcher;
 use crate::process::{ProcessError, Stdio3, Table, SPAWN_LOCK};
+use crate::seccomp;
 
 /// Where libcontainer keeps its per-container state in the guest.
 const STATE_ROOT: &str = "/run/husk/libcontainer";
@@ -95,8 +97,12 @@ impl Containers {
     /// the guest). Its init process waits for [`Containers::start`].
     pub fn create(&self, procs: &Table, id: &str, spec: &[u8]) -> Result<(), ProcessError> {
         check_id("container id", id)?;
-        let spec: serde_json::Value = serde_json::from_slice(spec)
+        let mut spec: serde_json::Value = serde_json::from_slice(spec)
             .map_err(|e| ProcessError::BadRequest(format!("the OCI spec is not JSON: {e}")))?;
+        seccomp::check_profile(&spec).map_err(|e| ProcessError::BadRequest(e.to_string()))?;
+        if let Some(process) = spec.get_mut("process") {
+            seccomp::nnp_for_libcontainer(process);
+        }
         let terminal = spec["process"]["terminal"].as_bool().unwrap_or(false);
         let cgroup = spec["linux"]["cgroupsPath"].as_str().map(str::to_string);
         {
@@ -151,12 +157,16 @@ impl Containers {
         if procs.contains(&key) {
             return Err(ProcessError::Exists(format!("exec {exec_id} in {id}")));
         }
-        let value: serde_json::Value = serde_json::from_slice(process)
+        let mut value: serde_json::Value = serde_json::from_slice(process)
             .map_err(|e| ProcessError::BadRequest(format!("the OCI process is not JSON: {e}")))?;
         let terminal = value["terminal"].as_bool().unwrap_or(false);
+        // The container's profile applies to the exec too (libcontainer loads it from the
+        // container's spec), at the point this process's `noNewPrivileges` picks.
+        seccomp::nnp_for_libcontainer(&mut value);
         let path = Path::new(BUNDLES)
             .join(id)
             .join(format!("exec-{exec_id}.json"));
+        let process = serde_json::to_vec(&value).expect("a JSON value serialises");
         std::fs::write(&path, process)
             .map_err(|e| ProcessError::Io(format!("cannot write {}", path.display()), e))?;
         let result = start_process(

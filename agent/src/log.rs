@@ -1,6 +1,7 @@
 //! The agent's log: every line goes to the console and, once connected, to the host over vsock
 //! (port 1025, the shim's or huskctl's log listener). `agent.log=debug` on the kernel command
-//! line turns on debug lines.
+//! line turns on debug lines. `tracing` events of PID 1 (the agent's and its libraries') are
+//! written to the same log, one line each.
 
 use std::fs::File;
 use std::io::Write;
@@ -16,6 +17,18 @@ pub fn init(port: u32) {
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     let wants_debug = cmdline.split_whitespace().any(|w| w == "agent.log=debug");
     DEBUG.store(wants_debug, Ordering::Relaxed);
+    let _ = tracing_subscriber::fmt()
+        .with_writer(|| AgentLog)
+        .with_ansi(false)
+        .without_time()
+        .with_target(false)
+        // Libraries say little unless asked: libcgroups logs every cgroup it opens at info.
+        .with_env_filter(if wants_debug {
+            "debug"
+        } else {
+            "warn,husk_agent=info"
+        })
+        .try_init();
     match connect_host(port) {
         Ok(f) => *HOST.lock().expect("log lock") = Some(f),
         Err(e) => debug(&format!("no host log listener on vsock port {port}: {e}")),
@@ -53,10 +66,29 @@ fn connect_host(port: u32) -> std::io::Result<File> {
 }
 
 pub fn info(msg: &str) {
-    let line = format!("husk-agent: {msg}\n");
+    write_line(&format!("husk-agent: {msg}\n"));
+}
+
+fn write_line(line: &str) {
     let _ = std::io::stdout().write_all(line.as_bytes());
     if let Some(host) = HOST.lock().expect("log lock").as_mut() {
         let _ = host.write_all(line.as_bytes());
+    }
+}
+
+/// Where PID 1's `tracing` events go: the subscriber writes each event, formatted as one
+/// line, in a single `write_all`.
+struct AgentLog;
+
+impl Write for AgentLog {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let line = String::from_utf8_lossy(buf);
+        write_line(&format!("husk-agent: {}", line.trim_start()));
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 

@@ -23,6 +23,7 @@ mod log;
 mod oom;
 mod process;
 mod rpc;
+mod seccomp;
 
 use std::process::Command;
 use std::sync::Arc;
@@ -78,17 +79,15 @@ fn main() {
         log::info("nothing to serve (no command given, no vsock device to the host)");
         init::power(Power::Off);
     }
+    let port = husk_agent_protocol::AGENT_PORT;
     // Kept alive for as long as PID 1 runs.
-    let _server = match rpc::serve(procs.clone(), husk_agent_protocol::AGENT_PORT) {
+    let _server = match serve(procs.clone(), port) {
         Ok(server) => {
-            log::info(&format!(
-                "serving on vsock port {}",
-                husk_agent_protocol::AGENT_PORT
-            ));
+            log::info(&format!("serving on vsock port {port}"));
             Some(server)
         }
         Err(e) => {
-            log::info(&format!("cannot serve on vsock: {e}"));
+            log::info(&format!("vsock port {port}: {}", chain(&e)));
             init::power(Power::Off);
             None
         }
@@ -107,6 +106,39 @@ fn main() {
             }
         }
     }
+}
+
+/// Why the agent cannot serve.
+#[derive(Debug, thiserror::Error)]
+enum ServeError {
+    #[error("Cannot serve on vsock")]
+    Rpc(#[from] husk_agent_protocol::ttrpc::Error),
+    /// Serving without the filter would let containers reach the host's vsock ports.
+    #[error("Refusing to serve without the vsock filter")]
+    Seccomp(#[source] seccomp::SeccompError),
+}
+
+/// `e` and its causes, for the log.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(&format!(": {c}"));
+        cause = c.source();
+    }
+    text
+}
+
+/// Binds the agent's vsock port, denies vsock to everything the agent will start, then serves.
+fn serve(
+    procs: Arc<process::Table>,
+    port: u32,
+) -> Result<husk_agent_protocol::ttrpc::Server, ServeError> {
+    let mut server = rpc::bind(procs, port)?;
+    // Before the first request can create a container.
+    seccomp::deny_vsock().map_err(ServeError::Seccomp)?;
+    server.start()?;
+    Ok(server)
 }
 
 /// Runs `args` with the console as stdio; returns its exit status, or 128+signal.

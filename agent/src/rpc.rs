@@ -315,11 +315,13 @@ pub fn peer_cid(fd: RawFd) -> std::io::Result<u32> {
     Ok(addr.svm_cid)
 }
 
-/// Serves the agent API and health service on vsock port `port` until the process ends.
-pub fn serve(procs: Arc<Table>, port: u32) -> std::result::Result<ttrpc::Server, ttrpc::Error> {
+/// Binds vsock port `port` for the agent API and health service; nothing is accepted before
+/// [`ttrpc::Server::start`]. The listener is the last vsock socket the agent opens: see
+/// `seccomp::deny_vsock`.
+pub fn bind(procs: Arc<Table>, port: u32) -> std::result::Result<ttrpc::Server, ttrpc::Error> {
     // Reads of process output block until there is some: keep enough workers for several
     // processes' stdout, stderr and wait calls at once.
-    let mut server = ttrpc::Server::new()
+    let server = ttrpc::Server::new()
         .set_thread_count_min(2)
         .set_thread_count_default(8)
         .set_thread_count_max(128)
@@ -330,6 +332,5 @@ pub fn serve(procs: Arc<Table>, port: u32) -> std::result::Result<ttrpc::Server,
             containers: Containers::new(),
         })))
         .register_service(create_health(Arc::new(HealthService)));
-    server.start()?;
     Ok(server)
 }

@@ -1,6 +1,7 @@
 //! The OCI runtime spec containerd gives us, rewritten for the guest: the rootfs and bind-mount
 //! sources become paths in the sandbox share, and what only makes sense on the host (its
-//! network namespace, seccomp and LSM labels, hooks, systemd cgroup paths) is dropped.
+//! network namespace, LSM labels, hooks, systemd cgroup paths) is dropped. The seccomp profile
+//! (`linux.seccomp`) passes through unchanged: the agent has libcontainer load it in the guest.
 
 use std::path::{Path, PathBuf};
 
@@ -59,9 +60,6 @@ pub fn for_guest(id: &str, mut spec: Value, host_name: &str) -> GuestSpec {
         }
     }
     if let Some(linux) = spec.get_mut("linux").and_then(Value::as_object_mut) {
-        if linux.remove("seccomp").is_some() {
-            dropped.push("linux.seccomp (the guest agent has no seccomp support yet)".into());
-        }
         linux.remove("mountLabel");
         // containerd's path may be systemd-style ("slice:prefix:name"); inside the guest every
         // container gets a plain cgroup of its own.
@@ -166,7 +164,10 @@ mod tests {
         let g = for_guest("c1", spec, "myhost");
         assert_eq!(g.spec["root"]["path"], format!("{GUEST_SHARE}/c1/rootfs"));
         assert!(g.spec.get("hooks").is_none());
-        assert!(g.spec["linux"].get("seccomp").is_none());
+        assert_eq!(
+            g.spec["linux"]["seccomp"],
+            json!({"defaultAction": "SCMP_ACT_ERRNO"})
+        );
         assert!(g.spec["process"].get("apparmorProfile").is_none());
         assert_eq!(g.spec["linux"]["cgroupsPath"], "/husk/c1");
         let ns = g.spec["linux"]["namespaces"].as_array().unwrap();
@@ -185,7 +186,34 @@ mod tests {
                 read_only: true
             }]
         );
-        assert_eq!(g.dropped.len(), 3);
+        assert_eq!(g.dropped.len(), 2, "{:?}", g.dropped);
+    }
+
+    #[test]
+    fn the_seccomp_profile_passes_through() {
+        let profile = json!({
+            "defaultAction": "SCMP_ACT_ERRNO",
+            "defaultErrnoRet": 1,
+            "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
+            "flags": ["SECCOMP_FILTER_FLAG_LOG"],
+            "syscalls": [
+                {"names": ["read", "write", "exit_group"], "action": "SCMP_ACT_ALLOW"},
+                {"names": ["socket"], "action": "SCMP_ACT_ALLOW",
+                 "args": [{"index": 0, "value": 40, "op": "SCMP_CMP_NE"}]}
+            ]
+        });
+        let spec = json!({
+            "process": {"args": ["sh"], "noNewPrivileges": true},
+            "linux": {"seccomp": profile.clone()}
+        });
+        let g = for_guest("c1", spec, "h");
+        assert_eq!(g.spec["linux"]["seccomp"], profile);
+        assert_eq!(g.spec["process"]["noNewPrivileges"], true);
+        assert!(
+            g.dropped.iter().all(|d| !d.contains("seccomp")),
+            "{:?}",
+            g.dropped
+        );
     }
 
     #[test]
