@@ -59,7 +59,7 @@ for t in "${targets[@]}"; do
     echo "== fuzz: $t for ${SECONDS_PER_TARGET}s"
     rc=0
     TMPDIR=$tmp HUSK_FUZZ_RW="$corpus:$artifacts:$tmp" nice -n 10 "$BIN_DIR/$t" \
-        -max_total_time="$SECONDS_PER_TARGET" -timeout=10 -rss_limit_mb=2048 \
+        -max_total_time="$SECONDS_PER_TARGET" -timeout=10 -rss_limit_mb=1024 \
         -artifact_prefix="$artifacts/" -print_final_stats=1 "${dirs[@]}" >"$log" 2>&1 || rc=$?
     rm -rf "$tmp"
     cov=$(grep -Eo 'cov: [0-9]+ ft: [0-9]+' "$log" | tail -n 1 || true)
