@@ -20,7 +20,6 @@ const RING_STRIDE: u64 = 0x4000;
 
 pub const F_NEXT: u16 = 1;
 pub const F_WRITE: u16 = 2;
-pub const F_INDIRECT: u16 = 4;
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Desc {
@@ -31,8 +30,9 @@ pub struct Desc {
 }
 
 impl Desc {
-    /// A descriptor from the input: mostly a buffer in the data half with small length and
-    /// plain flags, sometimes (by bits of its first byte) any address, length, flags or next.
+    /// A descriptor from the input: mostly a buffer in the data half with a 16-bit length and
+    /// any of NEXT, WRITE and INDIRECT, sometimes (by bits of its first byte) any address,
+    /// length, flags or next.
     pub fn decode(input: &mut Input) -> Desc {
         let mode = input.u8();
         let addr = if mode & 0x08 != 0 {
@@ -121,14 +121,6 @@ impl Guest {
 
     fn used_ring(q: usize) -> u64 {
         Self::desc_table(q) + 0x2000
-    }
-
-    pub fn queue_count(&self) -> usize {
-        self.rings.len()
-    }
-
-    pub fn size(&self, q: usize) -> u16 {
-        self.rings[q].size
     }
 
     /// The device's side of queue `q`, as the transport hands it over after the driver set it
@@ -249,11 +241,6 @@ impl Guest {
         self.rings[q].next_slot = head.wrapping_add(buffers.len() as u16);
         self.push_avail(q, head);
         Some((head, addrs))
-    }
-
-    /// Space left in the data half.
-    pub fn data_room(&self) -> u64 {
-        MEM_SIZE - self.data_top
     }
 
     /// The used ring of queue `q`: its index and the `(id, len)` entries up to it.
