@@ -13,7 +13,7 @@ APT_PACKAGES := qemu-system-x86 busybox-static cpio linux-source-6.1 bison flex 
 	xz-utils lz4 file python3 gcc libc6-dev containerd runc libseccomp-dev
 
 .PHONY: all deps build agent guest-image kernel initramfs demo test unit-test integration-test \
-	bench fmt clippy lint clean install install-files uninstall
+	bench fuzz fuzz-smoke fmt clippy lint clean install install-files uninstall
 
 all: build guest-image
 
@@ -91,11 +91,24 @@ integration-test:
 bench: deps build guest-image
 	tests/bench/boot.sh
 
+# Coverage-guided fuzzing of the VMM's guest-facing parsers (fuzz/): builds the targets with
+# stable rustc and libFuzzer, then runs each for FUZZ_SECONDS. A crash, hang or leak fails the
+# target and names the input it saved under target/fuzz-artifacts/.
+FUZZ_SECONDS ?= 60
+fuzz:
+	FUZZ_SECONDS=$(FUZZ_SECONDS) fuzz/run.sh
+
+# A few seconds per target, for CI.
+fuzz-smoke:
+	FUZZ_SECONDS=5 fuzz/run.sh
+
 fmt:
 	$(CARGO) fmt --all
+	$(CARGO) fmt --manifest-path fuzz/Cargo.toml
 
 clippy lint:
 	$(CARGO) fmt --all -- --check
+	$(CARGO) fmt --manifest-path fuzz/Cargo.toml -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 clean:

@@ -66,8 +66,10 @@ impl EventHandler for RngHandler {
 }
 
 /// Fills the chain's device-writable buffers, up to [`MAX_REQUEST`] bytes in all; a buffer that
-/// is not in guest memory ends the request with what was written so far.
-fn fill_chain(
+/// is not in guest memory ends the request with what was written so far. Public for the fuzz
+/// targets.
+#[doc(hidden)]
+pub fn fill_chain(
     mem: &GuestMemory,
     source: &mut File,
     chain: DescriptorChain<&GuestMemory>,

@@ -234,6 +234,27 @@ impl Fs {
             state: DeviceState::Inactive,
         })
     }
+
+    /// What serves the queues once the device is activated. Public for the fuzz targets, which
+    /// drive it through [`EventHandler`] on their own thread.
+    #[doc(hidden)]
+    pub fn handler(
+        &self,
+        mem: GuestMemory,
+        interrupt: Arc<Interrupt>,
+        queues: Vec<Queue>,
+    ) -> std::io::Result<FsHandler> {
+        Ok(FsHandler {
+            tag: self.tag.clone(),
+            out_of_files: 0,
+            mem,
+            interrupt,
+            queues,
+            server: self.server.clone(),
+            all_xattrs: self.all_xattrs,
+            queue_evts: self.queue_evts.try_clone()?,
+        })
+    }
 }
 
 impl VirtioDevice for Fs {
@@ -263,19 +284,9 @@ impl VirtioDevice for Fs {
         if self.state.is_activated() {
             return Err(ActivateError::AlreadyActive(NAME));
         }
-        let handler = FsHandler {
-            tag: self.tag.clone(),
-            out_of_files: 0,
-            mem,
-            interrupt,
-            queues,
-            server: self.server.clone(),
-            all_xattrs: self.all_xattrs,
-            queue_evts: self
-                .queue_evts
-                .try_clone()
-                .map_err(|e| ActivateError::Device(NAME, e))?,
-        };
+        let handler = self
+            .handler(mem, interrupt, queues)
+            .map_err(|e| ActivateError::Device(NAME, e))?;
         let worker = Worker::spawn(NAME, handler).map_err(|e| ActivateError::Worker(NAME, e))?;
         self.state = DeviceState::Activated(worker);
         Ok(())
@@ -298,7 +309,8 @@ impl VirtioDevice for Fs {
 }
 
 /// The activated device, on its worker thread.
-struct FsHandler {
+#[doc(hidden)]
+pub struct FsHandler {
     tag: String,
     /// Requests that failed because the VMM's file budget was used up.
     out_of_files: u64,

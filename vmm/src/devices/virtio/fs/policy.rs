@@ -4,39 +4,52 @@
 //!   the host, which anything on the host (the VMM included) could open.
 //! - `SETXATTR` of `security.*` (file capabilities, LSM labels) or `trusted.*` names.
 //!
-//! FIFOs, sockets and regular files are made as asked. Refusals are `EPERM`.
+//! FIFOs, sockets and regular files are made as asked. Those refusals are `EPERM`.
+//!
+//! It also refuses, with `E2BIG`, `GETXATTR` and `LISTXATTR` for more than the 64 KiB Linux
+//! allows (XATTR_SIZE_MAX, XATTR_LIST_MAX; the guest kernel never asks for more): the
+//! passthrough file system allocates the guest's size, up to 4 GiB, before it asks the host.
 
 use std::io::Read;
 
-use fuse_backend_rs::abi::fuse_abi::{InHeader, MknodIn, Opcode, OutHeader, SetxattrIn};
+use fuse_backend_rs::abi::fuse_abi::{
+    GetxattrIn, InHeader, MknodIn, Opcode, OutHeader, SetxattrIn,
+};
 use fuse_backend_rs::transport::Reader;
 
 /// xattr name prefixes the guest may not set on host files.
 const REFUSED_XATTR_PREFIXES: [&[u8]; 2] = [b"security.", b"trusted."];
 /// The longest xattr name Linux accepts (XATTR_NAME_MAX), plus its NUL.
 const XATTR_NAME_MAX: u64 = 256;
+/// The largest xattr value (XATTR_SIZE_MAX) and name list (XATTR_LIST_MAX) Linux handles.
+const XATTR_SIZE_MAX: u32 = 64 * 1024;
 
 /// The reply for a request the policy refuses: `(unique, errno)`; `None` lets it through (a
 /// request too short to judge is left to the server, which rejects it on its own). With
 /// `all_xattrs` (`--fs ...,xattr=all`) every xattr name passes.
 pub fn refusal(mut request: Reader<'_>, all_xattrs: bool) -> Option<(u64, i32)> {
     let header: InHeader = request.read_obj().ok()?;
-    let refuse = if header.opcode == Opcode::Mknod as u32 {
+    let op = header.opcode;
+    let errno = if op == Opcode::Mknod as u32 {
         let args: MknodIn = request.read_obj().ok()?;
         let kind = args.mode & libc::S_IFMT;
-        kind == libc::S_IFCHR || kind == libc::S_IFBLK
-    } else if header.opcode == Opcode::Setxattr as u32 && !all_xattrs {
+        (kind == libc::S_IFCHR || kind == libc::S_IFBLK).then_some(libc::EPERM)
+    } else if op == Opcode::Setxattr as u32 && !all_xattrs {
         let _args: SetxattrIn = request.read_obj().ok()?;
         let mut name = Vec::new();
         (&mut request)
             .take(XATTR_NAME_MAX)
             .read_to_end(&mut name)
             .ok()?;
-        REFUSED_XATTR_PREFIXES.iter().any(|p| name.starts_with(p))
+        let refused = REFUSED_XATTR_PREFIXES.iter().any(|p| name.starts_with(p));
+        refused.then_some(libc::EPERM)
+    } else if op == Opcode::Getxattr as u32 || op == Opcode::Listxattr as u32 {
+        let args: GetxattrIn = request.read_obj().ok()?;
+        (args.size > XATTR_SIZE_MAX).then_some(libc::E2BIG)
     } else {
-        false
+        None
     };
-    refuse.then_some((header.unique, libc::EPERM))
+    errno.map(|errno| (header.unique, errno))
 }
 
 /// The FUSE reply that carries only `errno` for request `unique`.
@@ -135,6 +148,30 @@ mod tests {
             judge_with(&mknod(libc::S_IFCHR | 0o666), true),
             Some((7, libc::EPERM))
         );
+    }
+
+    fn xattr_query(opcode: Opcode, size: u32) -> Vec<u8> {
+        let mut body = Vec::new();
+        body.extend_from_slice(&size.to_le_bytes());
+        body.extend_from_slice(&0u32.to_le_bytes());
+        if matches!(opcode, Opcode::Getxattr) {
+            body.extend_from_slice(b"user.x\0");
+        }
+        header(opcode, 11, &body)
+    }
+
+    #[test]
+    fn xattr_queries_for_more_than_linux_allows_are_refused() {
+        for op in [Opcode::Getxattr, Opcode::Listxattr] {
+            // Found by fuzzing: the passthrough file system allocated the guest's size.
+            assert_eq!(judge(&xattr_query(op, u32::MAX)), Some((11, libc::E2BIG)));
+            assert_eq!(
+                judge(&xattr_query(op, XATTR_SIZE_MAX + 1)),
+                Some((11, libc::E2BIG))
+            );
+            assert_eq!(judge(&xattr_query(op, XATTR_SIZE_MAX)), None);
+            assert_eq!(judge(&xattr_query(op, 0)), None);
+        }
     }
 
     #[test]

@@ -32,7 +32,7 @@ const QUEUE_SIZES: [u16; 3] = [256, 256, 256];
 const NOTIFIED_QUEUES: usize = 2;
 
 /// The worker's token for the muxer's own epoll (queue tokens are their indices).
-const TOKEN_MUXER: u64 = 2;
+pub const TOKEN_MUXER: u64 = 2;
 /// The most muxer events handled per wake-up.
 const MUXER_BATCH: usize = 64;
 
@@ -96,15 +96,7 @@ impl VirtioDevice for Vsock {
         let muxer = self.muxer.take().ok_or_else(|| {
             ActivateError::Device(NAME, std::io::Error::other("no socket to serve"))
         })?;
-        let handler = VsockHandler {
-            mem,
-            interrupt,
-            queues,
-            muxer,
-            cid: self.cid,
-            queue_evts,
-            muxer_events: vec![EpollEvent::default(); MUXER_BATCH],
-        };
+        let handler = VsockHandler::new(mem, interrupt, queues, muxer, self.cid, queue_evts);
         let worker = Worker::spawn(NAME, handler).map_err(|e| ActivateError::Worker(NAME, e))?;
         self.state = DeviceState::Activated(worker);
         Ok(())
@@ -137,7 +129,10 @@ impl VirtioDevice for Vsock {
 
 /// The activated device, on its worker thread: it reads guest packets from the TX queue, hands
 /// them to the [`Muxer`], and fills RX buffers with what the muxer has for the guest.
-struct VsockHandler {
+///
+/// Public for the fuzz targets, which drive it through [`EventHandler`] on their own thread.
+#[doc(hidden)]
+pub struct VsockHandler {
     mem: GuestMemory,
     interrupt: Arc<Interrupt>,
     queues: Vec<Queue>,
@@ -175,6 +170,26 @@ impl EventHandler for VsockHandler {
 }
 
 impl VsockHandler {
+    #[doc(hidden)]
+    pub fn new(
+        mem: GuestMemory,
+        interrupt: Arc<Interrupt>,
+        queues: Vec<Queue>,
+        muxer: Muxer,
+        cid: u64,
+        queue_evts: QueueEvents,
+    ) -> Self {
+        VsockHandler {
+            mem,
+            interrupt,
+            queues,
+            muxer,
+            cid,
+            queue_evts,
+            muxer_events: vec![EpollEvent::default(); MUXER_BATCH],
+        }
+    }
+
     fn handle_muxer_events(&mut self) -> Result<(), WorkerError> {
         let n = match self.muxer.epoll().wait(0, &mut self.muxer_events) {
             Ok(n) => n,
