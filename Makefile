@@ -76,7 +76,7 @@ uninstall:
 		$(DESTDIR)$(PREFIX)/bin/huskctl $(SHARE_DIR)/vmlinux $(SHARE_DIR)/initramfs.img \
 		$(DEFAULTS_DIR)/configuration.toml
 
-test: deps build guest-image unit-test integration-test
+test: deps build guest-image unit-test fuzz-smoke integration-test
 
 unit-test:
 	$(CARGO) test --workspace --exclude husk-integration

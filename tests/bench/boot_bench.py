@@ -30,6 +30,14 @@ def status_kib(pid, field):
     return 0
 
 
+def children(pid):
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(p) for p in f.read().split()]
+    except OSError:
+        return []
+
+
 def boot_once(cmd):
     """Returns (seconds to ready line, guest uptime at ready, RSS without guest RAM in KiB)."""
     start = time.monotonic()
@@ -48,7 +56,9 @@ def boot_once(cmd):
             if m:
                 elapsed = time.monotonic() - start
                 uptime = float(m.group(1))
-                rss = status_kib(proc.pid, "RssAnon") + status_kib(proc.pid, "RssFile")
+                # The jailed husk-vmm is two processes: the one started here and the VMM inside.
+                rss = sum(status_kib(p, "RssAnon") + status_kib(p, "RssFile")
+                          for p in [proc.pid] + children(proc.pid))
                 break
         # The idle guest powers off by itself; give it a moment, then stop it either way.
         proc.wait(timeout=10)
@@ -74,10 +84,11 @@ def main():
     qemu = ["qemu-system-x86_64", "-M", "microvm,acpi=off", "-accel", "kvm", "-cpu", "host", "-m", "256",
             "-smp", "1", "-kernel", kernel, "-initrd", initrd, "-append", CMDLINE,
             "-nodefaults", "-no-user-config", "-nographic", "-serial", "stdio", "-no-reboot"]
-    results = {"husk-vmm": [], "qemu microvm": []}
-    # Interleave the two so that a slow phase of the host hits both alike.
+    results = {"husk-vmm": [], "husk-vmm --no-jail": [], "qemu microvm": []}
+    # Interleave them so that a slow phase of the host hits all alike.
     for _ in range(runs):
         results["husk-vmm"].append(boot_once(husk))
+        results["husk-vmm --no-jail"].append(boot_once(husk + ["--no-jail"]))
         results["qemu microvm"].append(boot_once(qemu))
 
     med = {k: statistics.median(r[0] for r in v) for k, v in results.items()}
@@ -90,9 +101,11 @@ def main():
         up = statistics.median(r[1] for r in rs)
         print(f"| {name} | {med[name]:.3f} | {min(times):.3f} | {max(times):.3f} | {up:.3f} | "
               f"{med[name] / med['qemu microvm']:.2f} |")
-    rss = statistics.median(r[2] for r in results["husk-vmm"])
     print()
-    print(f"husk-vmm RSS at the ready line without guest RAM (RssAnon + RssFile), median: {rss / 1024:.1f} MiB")
+    for name in ["husk-vmm", "husk-vmm --no-jail"]:
+        rss = statistics.median(r[2] for r in results[name])
+        print(f"{name} RSS at the ready line without guest RAM (RssAnon + RssFile, both processes "
+              f"of the jail), median: {rss / 1024:.1f} MiB")
 
 
 if __name__ == "__main__":

@@ -336,13 +336,13 @@ fn a_hostile_container_cannot_steer_the_shim_through_the_share() {
 fn a_hostile_container_cannot_reach_the_agent_or_make_host_devices() {
     let s = section("hostile_guest");
     assert_eq!(s.status, 0, "{}", s.output);
-    // The agent serves the host only: loopback (CID 1) and the guest's own CID (3) are closed
-    // without an answer; the host's port 1024 (CID 2) has nothing behind it.
+    // A container cannot even open a vsock socket: the agent's own seccomp filter, inherited by
+    // everything it starts, answers as a kernel without vsock would.
     for cid in ["1", "2", "3"] {
         let verdict = s.after(&format!("CID {cid}: "));
-        assert!(
-            verdict == "closed" || verdict.starts_with("refused"),
-            "CID {cid}: {verdict}\n{}",
+        assert_eq!(
+            verdict, "refused (socket: Address family not supported by protocol)",
+            "CID {cid}\n{}",
             s.output
         );
     }
@@ -385,5 +385,30 @@ fn a_hostile_container_cannot_reach_the_agent_or_make_host_devices() {
     assert_nothing_left(
         s,
         &["vmm pid", "sandbox dir", "mount ", "socket ", "cgroup "],
+    );
+}
+
+#[test]
+fn the_specs_seccomp_profile_holds_in_the_guest() {
+    let s = section("guest_seccomp");
+    assert_eq!(s.status, 0, "{}", s.output);
+    // Without a profile: the agent's vsock filter only.
+    let plain = s.after("plain: ");
+    assert!(plain.contains("Seccomp_filters: 1"), "{}", s.output);
+    assert!(plain.contains("mkdir ok"), "{}", s.output);
+    // With one: both filters, and the profile's answer.
+    let profile = s.after("profile: ");
+    assert!(profile.contains("Seccomp_filters: 2"), "{}", s.output);
+    assert!(profile.contains("Operation not permitted"), "{}", s.output);
+    assert!(!profile.contains("mkdir ok"), "{}", s.output);
+    // containerd's default profile lets an ordinary container run.
+    let default = s.after("default profile: ");
+    assert!(default.contains("Seccomp_filters: 2"), "{}", s.output);
+    assert!(default.contains("mkdir ok"), "{}", s.output);
+    // A profile that needs a seccomp agent is refused at create, by name.
+    assert!(
+        s.after("notify: ").contains("SCMP_ACT_NOTIFY"),
+        "{}",
+        s.output
     );
 }

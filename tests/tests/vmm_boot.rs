@@ -276,10 +276,10 @@ fn the_vmm_runs_in_its_jail() {
         "{}",
         s.output
     );
-    // With a virtio-fs share: CHOWN, DAC_OVERRIDE, FOWNER, FSETID, SETGID, SETUID and nothing
-    // else, in the bounding set too.
-    assert_eq!(get("vmm_CapEff"), "00000000000000db", "{}", s.output);
-    assert_eq!(get("vmm_CapBnd"), "00000000000000db", "{}", s.output);
+    // With a virtio-fs share: CHOWN, DAC_OVERRIDE, DAC_READ_SEARCH, FOWNER, FSETID, SETGID,
+    // SETUID and nothing else, in the bounding set too.
+    assert_eq!(get("vmm_CapEff"), "00000000000000df", "{}", s.output);
+    assert_eq!(get("vmm_CapBnd"), "00000000000000df", "{}", s.output);
     assert_eq!(get("vmm_NoNewPrivs"), "1", "{}", s.output);
     // The outer process that only waits keeps nothing.
     assert_eq!(get("outer_CapEff"), "0000000000000000", "{}", s.output);

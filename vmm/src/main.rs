@@ -12,7 +12,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use husk_vmm::devices::virtio::fs::FsConfig;
-use husk_vmm::jail::{Access, Bind, JailPlan, FS_CAPABILITIES};
+use husk_vmm::jail::{Access, Bind, JailPlan, ALL_XATTRS_CAPABILITIES, FS_CAPABILITIES};
 use husk_vmm::{ConsoleOutput, ExitReason, VmConfig};
 
 #[derive(Parser, Debug)]
@@ -95,6 +95,15 @@ fn main() -> ExitCode {
         husk_vmm::vmm::raise_file_limit();
     }
     if !args.no_jail {
+        // Bad input and a missing or unusable KVM are told apart here, before the jail hides
+        // the host's /sys and most of /proc.
+        let checked = config
+            .validate()
+            .and_then(|()| husk_vmm::vstate::kvm::open().map(drop).map_err(Into::into));
+        if let Err(e) = checked {
+            eprintln!("husk-vmm: {}", chain(&e));
+            return ExitCode::from(1);
+        }
         if let Err(msg) = jail(&mut config) {
             eprintln!("husk-vmm: {msg}");
             return ExitCode::from(1);
@@ -210,10 +219,12 @@ fn jail_plan(config: &mut VmConfig) -> Result<JailPlan, String> {
             access: Access::Device,
         });
     }
-    let keep = if config.fs.is_empty() {
-        Vec::new()
-    } else {
-        FS_CAPABILITIES.to_vec()
-    };
+    let mut keep = Vec::new();
+    if !config.fs.is_empty() {
+        keep.extend(FS_CAPABILITIES);
+    }
+    if config.fs.iter().any(|fs| fs.all_xattrs) {
+        keep.extend(ALL_XATTRS_CAPABILITIES);
+    }
     Ok(JailPlan { binds, keep })
 }

@@ -79,16 +79,24 @@ pub struct JailPlan {
 }
 
 /// What virtio-fs needs to serve files for any guest user: to act as the caller (`setresuid`,
-/// `setresgid`), reach and change files whatever their owner and mode, and keep set-id bits
-/// where a guest user could.
-pub const FS_CAPABILITIES: [Capability; 6] = [
+/// `setresgid`), reach and change files whatever their owner and mode, keep set-id bits where a
+/// guest user could, and make hard links from the descriptors it holds (`linkat` with
+/// `AT_EMPTY_PATH`; `open_by_handle_at`, which the same capability allows, is not in any seccomp
+/// filter).
+pub const FS_CAPABILITIES: [Capability; 7] = [
     Capability::CAP_CHOWN,
     Capability::CAP_DAC_OVERRIDE,
+    Capability::CAP_DAC_READ_SEARCH,
     Capability::CAP_FOWNER,
     Capability::CAP_FSETID,
     Capability::CAP_SETGID,
     Capability::CAP_SETUID,
 ];
+
+/// Added for a share with `xattr=all`: the kernel lets only these set `trusted.*` and
+/// `security.*` xattrs.
+pub const ALL_XATTRS_CAPABILITIES: [Capability; 2] =
+    [Capability::CAP_SYS_ADMIN, Capability::CAP_SETFCAP];
 
 /// Where the jail's tmpfs root is mounted before `pivot_root` (in the VMM's own mount
 /// namespace only; the host's `/tmp` is untouched).

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use fuse_backend_rs::api::server::Server;
 use fuse_backend_rs::passthrough::{CachePolicy, Config, PassthroughFs};
-use fuse_backend_rs::transport::{Reader, VirtioFsWriter};
+use fuse_backend_rs::transport::{FuseBuf, Reader, VirtioFsWriter};
 use virtio_queue::{DescriptorChain, Queue};
 use vmm_sys_util::epoll::EventSet;
 
@@ -388,7 +388,13 @@ fn serve(
     chain: DescriptorChain<&GuestMemory>,
     all_xattrs: bool,
 ) -> u32 {
-    let refused = Reader::from_descriptor_chain(mem, chain.clone())
+    // The request is read from guest memory once, into a copy that both the policy and the
+    // server read: a guest vCPU rewriting it between the two cannot get past the policy.
+    let Some(mut request) = copy_request(mem, &chain) else {
+        tracing::debug!("virtio-fs: bad or oversized request chain");
+        return 0;
+    };
+    let refused = Reader::from_fuse_buffer(FuseBuf::new(&mut request))
         .ok()
         .and_then(|r| policy::refusal(r, all_xattrs));
     if let Some((unique, errno)) = refused {
@@ -401,7 +407,7 @@ fn serve(
             Err(_) => 0,
         };
     }
-    let reader = Reader::from_descriptor_chain(mem, chain.clone());
+    let reader = Reader::from_fuse_buffer(FuseBuf::new(&mut request));
     let writer = VirtioFsWriter::new(mem, chain);
     match (reader, writer) {
         (Ok(r), Ok(w)) => match server.handle_message(r, w.into(), None, None) {
@@ -416,6 +422,32 @@ fn serve(
             0
         }
     }
+}
+
+/// The longest request we copy: a WRITE of the largest size we offer the guest (1 MiB, the
+/// server's `max_write`) with room to spare for its headers.
+const REQUEST_MAX: usize = (1 << 20) + (64 << 10);
+
+/// The readable part of `chain` (the request), copied out of guest memory; `None` for a chain
+/// longer than [`REQUEST_MAX`] or with a descriptor outside guest memory.
+fn copy_request(mem: &GuestMemory, chain: &DescriptorChain<&GuestMemory>) -> Option<Vec<u8>> {
+    use vm_memory::Bytes;
+    let mut len = 0usize;
+    let readable: Vec<_> = chain
+        .clone()
+        .take_while(|d| !d.is_write_only())
+        .map(|d| (d.addr(), d.len() as usize))
+        .collect();
+    for (_, n) in &readable {
+        len = len.checked_add(*n).filter(|&l| l <= REQUEST_MAX)?;
+    }
+    let mut copy = vec![0u8; len];
+    let mut at = 0;
+    for (addr, n) in readable {
+        mem.read_slice(&mut copy[at..at + n], addr).ok()?;
+        at += n;
+    }
+    Some(copy)
 }
 
 /// A name the kernel accepts as a virtio-fs tag for `path`.
