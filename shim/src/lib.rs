@@ -8,7 +8,8 @@
 //!   sandbox announces.
 //! - `host`: the sandbox on the host (directory, cgroup, VM, mounts) and its cleanup, also
 //!   after a shim crash; `storage` (every mount and its undoing, symlink-proof), `record` (the
-//!   host-only record cleanup works from), `cgroup`, `vm` (the husk-vmm child).
+//!   host-only record cleanup works from), `cgroup`, `vm` (the husk-vmm child), `network`
+//!   (the pod's network namespace: its tap and tc redirect filters).
 //! - `agent`: the agent's ttrpc connections; `io`: process stdio through the agent.
 //! - `spec`: the OCI spec rewritten for the guest; `config`: Kata's configuration.toml.
 //! - `error`: the shim's error type, the only place that knows ttrpc status codes.
@@ -21,6 +22,7 @@ pub mod error;
 pub mod events;
 pub mod host;
 pub mod io;
+pub mod network;
 pub mod record;
 pub mod sandbox;
 pub mod service;
