@@ -37,8 +37,10 @@ where
         return 0;
     }
     let mut used = 0;
+    let mut first_round = true;
     loop {
         let mut paused = false;
+        let start = queue.next_avail();
         while let Some(chain) = queue.pop_descriptor_chain(mem) {
             let head = chain.head_index();
             if head >= queue.size() {
@@ -59,12 +61,16 @@ where
             }
         }
         // With EVENT_IDX the driver only notifies once the available index passes the
-        // `avail_event` we publish here; chains it added meanwhile are served now.
+        // `avail_event` we publish here; chains it added meanwhile are served now. A round after
+        // the first that took nothing, although the index says there is more, means an index
+        // beyond the ring (which the queue refuses to pop): asking again would spin forever.
         if !queue.event_idx_enabled() {
             break;
         }
+        let progressed = first_round || queue.next_avail() != start;
+        first_round = false;
         match queue.enable_notification(mem) {
-            Ok(true) if !paused => continue,
+            Ok(true) if !paused && progressed => continue,
             Ok(_) => break,
             Err(e) => {
                 tracing::debug!(error = %e, "virtio: cannot publish the available event index");
@@ -261,6 +267,28 @@ mod tests {
         assert_eq!(s.mem.read_obj::<u16>(used_idx).unwrap(), 3);
         assert_eq!(avail_event(&s.mem), 3);
         assert_eq!(s.irq.read().unwrap(), 1);
+    }
+
+    #[test]
+    fn with_event_idx_an_index_beyond_the_ring_ends_the_drain() {
+        let s = setup();
+        let vq = MockSplitQueue::new(&s.mem, SIZE);
+        add_chains(&vq, 1);
+        let mut q: Queue = vq.create_queue().unwrap();
+        q.set_used_ring_address(Some(USED_RING as u32), Some(0));
+        q.set_event_idx(true);
+        // More than a ring's worth available: no chain can be taken, and the index never
+        // catches up. The drain must return rather than ask again forever.
+        vq.avail().idx().store(SIZE + 5);
+        let (done_tx, done) = std::sync::mpsc::channel();
+        let mem = s.mem.clone();
+        std::thread::spawn(move || {
+            let irq = Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
+            let n = drain(&mut q, &mem, &irq, |_| Completion::Used(0));
+            let _ = done_tx.send(n);
+        });
+        let n = done.recv_timeout(std::time::Duration::from_secs(5));
+        assert_eq!(n, Ok(0), "the drain did not return");
     }
 
     #[test]
