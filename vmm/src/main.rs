@@ -12,6 +12,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use husk_vmm::devices::virtio::fs::FsConfig;
+use husk_vmm::devices::virtio::net::{self, NetConfig};
 use husk_vmm::jail::{Access, Bind, JailPlan, ALL_XATTRS_CAPABILITIES, FS_CAPABILITIES};
 use husk_vmm::{ConsoleOutput, ExitReason, VmConfig};
 
@@ -57,6 +58,12 @@ struct Args {
     /// (the guest mounts it with `mount -t virtiofs TAG DIR`). May be repeated.
     #[arg(long, value_name = "tag=TAG,path=DIR[,cache=MODE]")]
     fs: Vec<FsConfig>,
+    /// Add a virtio-net card on a tap: `tap=NAME` (attached, or created, in the network
+    /// namespace husk-vmm starts in) or `fd=N` (an inherited tap descriptor opened with
+    /// IFF_TAP|IFF_NO_PI|IFF_VNET_HDR), with the guest's MAC and optionally its MTU. May be
+    /// repeated.
+    #[arg(long, value_name = "tap=NAME|fd=N,mac=MAC[,mtu=N]")]
+    net: Vec<NetConfig>,
     /// Run without the jail (own namespaces, a root holding only the VM's files, capabilities
     /// dropped) and without seccomp filters: for debugging only.
     #[arg(long)]
@@ -88,11 +95,18 @@ fn main() -> ExitCode {
         rng: !args.no_rng,
         vsock: args.vsock_uds.map(|p| (p, args.vsock_cid)),
         fs: args.fs,
+        net: args.net,
         seccomp: !args.no_jail,
     };
     if !config.fs.is_empty() {
         // Before the jail drops the capability to raise it.
         husk_vmm::vmm::raise_file_limit();
+    }
+    // Taps are opened here, by name before the jail's empty network namespace hides them;
+    // inherited descriptors (`fd=N`) are checked, and stay open across the jail's fork.
+    if let Err(e) = net::open_taps(&mut config.net) {
+        eprintln!("husk-vmm: {}", chain(&e));
+        return ExitCode::from(1);
     }
     if !args.no_jail {
         // Bad input and a missing or unusable KVM are told apart here, before the jail hides
@@ -219,6 +233,8 @@ fn jail_plan(config: &mut VmConfig) -> Result<JailPlan, String> {
             access: Access::Device,
         });
     }
+    // Network cards need no bind: their taps are open before the jail (`net::open_taps`), or
+    // inherited descriptors.
     let mut keep = Vec::new();
     if !config.fs.is_empty() {
         keep.extend(FS_CAPABILITIES);

@@ -14,6 +14,7 @@ use crate::boot::{self, BootError};
 use crate::device_manager::{DeviceError, DeviceManager};
 use crate::devices::legacy::serial::{ConsoleFile, SerialConsole};
 use crate::devices::virtio::fs::{Fs, FsConfig, FsError};
+use crate::devices::virtio::net::{self, Net, NetConfig, NetError};
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::vsock::muxer::MuxerError;
 use crate::devices::virtio::vsock::Vsock;
@@ -63,6 +64,8 @@ pub enum VmmError {
     #[error(transparent)]
     Fs(#[from] FsError),
     #[error(transparent)]
+    Net(#[from] NetError),
+    #[error(transparent)]
     Seccomp(#[from] SeccompError),
 }
 
@@ -91,6 +94,8 @@ pub struct VmConfig {
     pub vsock: Option<(PathBuf, u64)>,
     /// Host directories shared with virtio-fs.
     pub fs: Vec<FsConfig>,
+    /// Network cards, each on a tap.
+    pub net: Vec<NetConfig>,
     /// Every thread runs under the seccomp filter of its kind ([`ThreadKind`]).
     pub seccomp: bool,
 }
@@ -108,6 +113,7 @@ impl Default for VmConfig {
             rng: true,
             vsock: None,
             fs: Vec::new(),
+            net: Vec::new(),
             seccomp: false,
         }
     }
@@ -142,6 +148,7 @@ impl VmConfig {
                 return Err(VmmError::Cid(*cid));
             }
         }
+        net::validate_all(&self.net)?;
         self.kernel_cmdline()?;
         Ok(())
     }
@@ -289,6 +296,9 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
     }
     if config.rng {
         devices.add_virtio(&vm, &mem, Box::new(Rng::new().map_err(VmmError::Rng)?))?;
+    }
+    for net in &config.net {
+        devices.add_virtio(&vm, &mem, Box::new(Net::new(net)?))?;
     }
 
     let mut cmdline = config.kernel_cmdline()?;
@@ -448,6 +458,31 @@ mod tests {
             ..config()
         };
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn bad_network_cards_are_refused_early() {
+        let card = |mac: [u8; 6]| NetConfig {
+            tap: net::TapSource::Name("tap0".into()),
+            mac: net::MacAddr(mac),
+            mtu: None,
+        };
+        let c = VmConfig {
+            net: vec![
+                card([0x52, 0x54, 0, 0, 0, 1]),
+                card([0x52, 0x54, 0, 0, 0, 2]),
+            ],
+            ..config()
+        };
+        assert_eq!(
+            c.validate().unwrap_err().to_string(),
+            "Two --net devices use tap=tap0"
+        );
+        let c = VmConfig {
+            net: vec![card([0xff; 6])],
+            ..config()
+        };
+        assert!(matches!(c.validate(), Err(VmmError::Net(NetError::Mac(_)))));
     }
 
     #[test]

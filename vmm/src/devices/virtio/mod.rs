@@ -3,6 +3,7 @@
 //! while it is activated (each queue drained by [`queue::drain`]), and its tests beside it.
 
 pub mod fs;
+pub mod net;
 pub mod queue;
 pub mod rng;
 pub mod transport;
@@ -20,8 +21,8 @@ use worker::WorkerError;
 
 /// VIRTIO_F_VERSION_1: we only speak the modern (1.x) interface.
 pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
-/// VIRTIO_F_RING_EVENT_IDX: notification suppression by ring indices. No device offers it yet;
-/// the transport and [`queue::drain`] honour it once one does.
+/// VIRTIO_F_RING_EVENT_IDX: notification suppression by ring indices (virtio-net offers it); the
+/// transport and [`queue::drain`] honour it.
 pub const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
 /// Interrupt status bits of the MMIO transport.
 pub const INT_VRING: u32 = 1;

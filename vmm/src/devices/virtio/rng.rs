@@ -53,7 +53,7 @@ impl RngHandler {
 }
 
 impl EventHandler for RngHandler {
-    fn register(&self, interest: &Interest<'_>) -> Result<(), WorkerError> {
+    fn register(&mut self, interest: &Interest<'_>) -> Result<(), WorkerError> {
         self.queue_evts.register(interest)
     }
 

@@ -4,10 +4,13 @@
 //! device's [`Worker`] wakes up in `epoll_wait` and does the work, so a slow request never holds
 //! a vCPU or the transport's lock. Each worker waits on the fds its [`EventHandler`] registers
 //! and on a stop eventfd of its own. [`Worker::stop`], or dropping the worker, signals that
-//! eventfd and joins the thread: no worker outlives its device's activation.
+//! eventfd and joins the thread: no worker outlives its device's activation. A handler that must
+//! sometimes ignore a ready fd (a tap while the guest has no buffers for its frames) registers it
+//! with [`Interest::readable_watch`] and switches the wake-ups off and on with its [`ReadWatch`].
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -43,8 +46,15 @@ pub enum WorkerError {
 /// What a device does on its worker thread.
 pub trait EventHandler: Send + 'static {
     /// Adds the fds the handler waits on, each with the token [`Self::handle_event`] receives
-    /// when it is ready. Called once, before the thread starts.
-    fn register(&self, interest: &Interest<'_>) -> Result<(), WorkerError>;
+    /// when it is ready. Called once, on the activating thread, before the worker starts.
+    fn register(&mut self, interest: &Interest<'_>) -> Result<(), WorkerError>;
+
+    /// Called once on the worker thread before it waits for the first event: set-up that must run
+    /// under the worker's seccomp filter rather than the activating vCPU's. An error ends the
+    /// worker, like one from [`Self::handle_event`].
+    fn on_start(&mut self) -> Result<(), WorkerError> {
+        Ok(())
+    }
 
     /// Handles one ready fd. An error ends the worker: it is logged and the thread returns.
     fn handle_event(&mut self, token: u64, events: EventSet) -> Result<(), WorkerError>;
@@ -55,10 +65,16 @@ pub trait EventHandler: Send + 'static {
 
 /// Where an [`EventHandler`] registers the fds it waits on.
 pub struct Interest<'a> {
-    epoll: &'a Epoll,
+    epoll: &'a Arc<Epoll>,
 }
 
-impl Interest<'_> {
+impl<'a> Interest<'a> {
+    /// Registration on an epoll of the caller's, for a handler driven by hand.
+    #[cfg(test)]
+    pub(crate) fn new(epoll: &'a Arc<Epoll>) -> Self {
+        Interest { epoll }
+    }
+
     /// Wakes the worker with `token` whenever `fd` is readable. `fd` must stay open for as long
     /// as the worker runs (the handler owns it, or a clone of it).
     pub fn readable(&self, fd: &impl AsRawFd, token: u64) -> Result<(), WorkerError> {
@@ -74,6 +90,52 @@ impl Interest<'_> {
             )
             .map_err(|e| WorkerError::Register(fd, e))
     }
+
+    /// Like [`Self::readable`], but the handler can later stop and restart the wake-ups for
+    /// `fd` with the returned [`ReadWatch`]. `fd` must stay open for as long as the watch is used.
+    pub fn readable_watch(&self, fd: &impl AsRawFd, token: u64) -> Result<ReadWatch, WorkerError> {
+        self.readable(fd, token)?;
+        Ok(ReadWatch {
+            epoll: self.epoll.clone(),
+            fd: fd.as_raw_fd(),
+            token,
+            watching: true,
+        })
+    }
+}
+
+/// An fd the worker waits on only while its handler wants it to. Stopped, the fd is out of the
+/// worker's epoll set altogether: however ready it is, even on an error or hang-up, it wakes
+/// nobody, so an fd the handler cannot serve yet costs no CPU.
+pub struct ReadWatch {
+    epoll: Arc<Epoll>,
+    fd: RawFd,
+    token: u64,
+    watching: bool,
+}
+
+impl ReadWatch {
+    pub fn is_watching(&self) -> bool {
+        self.watching
+    }
+
+    /// Starts (`true`) or stops (`false`) waking the worker when the fd is readable; a call that
+    /// changes nothing makes no system call. Restarted on an fd that is already readable, the
+    /// worker wakes at once.
+    pub fn set(&mut self, watching: bool) -> io::Result<()> {
+        if watching == self.watching {
+            return Ok(());
+        }
+        let (op, events) = if watching {
+            (ControlOperation::Add, EventSet::IN)
+        } else {
+            (ControlOperation::Delete, EventSet::empty())
+        };
+        self.epoll
+            .ctl(op, self.fd, EpollEvent::new(events, self.token))?;
+        self.watching = watching;
+        Ok(())
+    }
 }
 
 /// A running worker thread; it hands its [`EventHandler`] back when it ends.
@@ -84,8 +146,8 @@ pub struct Worker<H> {
 
 impl<H: EventHandler> Worker<H> {
     /// Starts a thread called `name` that runs `handler` until [`Worker::stop`].
-    pub fn spawn(name: &str, handler: H) -> Result<Self, WorkerError> {
-        let epoll = Epoll::new().map_err(WorkerError::Setup)?;
+    pub fn spawn(name: &str, mut handler: H) -> Result<Self, WorkerError> {
+        let epoll = Arc::new(Epoll::new().map_err(WorkerError::Setup)?);
         let stop = EventFd::new(libc::EFD_NONBLOCK).map_err(WorkerError::Setup)?;
         // The thread keeps its own descriptor of the stop event, so that the registration lives
         // as long as the thread does, even past a `stop_within` that gave up on it.
@@ -189,6 +251,10 @@ impl<H> Drop for Worker<H> {
 
 /// The worker's loop: wait, hand each event to the handler, until the stop event or an error.
 fn run<H: EventHandler>(epoll: &Epoll, mut handler: H, name: &str) -> H {
+    if let Err(e) = handler.on_start() {
+        log_failure(name, &e);
+        return handler;
+    }
     let mut events = vec![EpollEvent::default(); EVENT_BATCH];
     loop {
         let n = match epoll.wait(-1, &mut events) {
@@ -295,7 +361,7 @@ mod tests {
     }
 
     impl EventHandler for Probe {
-        fn register(&self, interest: &Interest<'_>) -> Result<(), WorkerError> {
+        fn register(&mut self, interest: &Interest<'_>) -> Result<(), WorkerError> {
             interest.readable(&self.evt, self.token)
         }
 
@@ -376,7 +442,7 @@ mod tests {
     }
 
     impl EventHandler for Stuck {
-        fn register(&self, interest: &Interest<'_>) -> Result<(), WorkerError> {
+        fn register(&mut self, interest: &Interest<'_>) -> Result<(), WorkerError> {
             interest.readable(&self.evt, 0)
         }
 
@@ -442,6 +508,73 @@ mod tests {
             Worker::spawn("test-worker", p),
             Err(WorkerError::ReservedToken(STOP_TOKEN))
         ));
+    }
+
+    /// Stops watching its data fd whenever that is ready, without reading it, and watches it
+    /// again when its control fd is kicked.
+    struct Pauser {
+        data: EventFd,
+        control: EventFd,
+        watch: Option<ReadWatch>,
+        seen: Sender<&'static str>,
+    }
+
+    impl EventHandler for Pauser {
+        fn register(&mut self, interest: &Interest<'_>) -> Result<(), WorkerError> {
+            interest.readable(&self.control, 1)?;
+            self.watch = Some(interest.readable_watch(&self.data, 0)?);
+            Ok(())
+        }
+
+        fn on_start(&mut self) -> Result<(), WorkerError> {
+            let _ = self.seen.send("started");
+            Ok(())
+        }
+
+        fn handle_event(&mut self, token: u64, _events: EventSet) -> Result<(), WorkerError> {
+            let watch = self.watch.as_mut().expect("registered");
+            if token == 1 {
+                let _ = self.control.read();
+                watch.set(true).map_err(WorkerError::Device)?;
+                let _ = self.seen.send("resumed");
+            } else {
+                watch.set(false).map_err(WorkerError::Device)?;
+                let _ = self.seen.send("data");
+            }
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_stopped_watch_wakes_nobody_until_it_is_restarted() {
+        let data = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let control = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let (kick_data, kick_control) = (data.try_clone().unwrap(), control.try_clone().unwrap());
+        let (tx, seen) = mpsc::channel();
+        let pauser = Pauser {
+            data,
+            control,
+            watch: None,
+            seen: tx,
+        };
+        let worker = Worker::spawn("test-worker", pauser).unwrap();
+        assert_eq!(
+            seen.recv_timeout(WAIT),
+            Ok("started"),
+            "on_start runs first"
+        );
+        kick_data.write(1).unwrap();
+        assert_eq!(seen.recv_timeout(WAIT), Ok("data"));
+        // Still readable, but out of the set: no more wake-ups.
+        assert_eq!(
+            seen.recv_timeout(Duration::from_millis(100)),
+            Err(mpsc::RecvTimeoutError::Timeout)
+        );
+        kick_control.write(1).unwrap();
+        assert_eq!(seen.recv_timeout(WAIT), Ok("resumed"));
+        assert_eq!(seen.recv_timeout(WAIT), Ok("data"), "readable at once");
+        let handler = worker.stop().unwrap();
+        assert!(!handler.watch.unwrap().is_watching());
     }
 
     #[test]

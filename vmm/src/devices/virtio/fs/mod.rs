@@ -323,7 +323,7 @@ pub struct FsHandler {
 }
 
 impl EventHandler for FsHandler {
-    fn register(&self, interest: &Interest<'_>) -> Result<(), WorkerError> {
+    fn register(&mut self, interest: &Interest<'_>) -> Result<(), WorkerError> {
         self.queue_evts.register(interest)
     }
 

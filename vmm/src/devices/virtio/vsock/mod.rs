@@ -143,7 +143,7 @@ pub struct VsockHandler {
 }
 
 impl EventHandler for VsockHandler {
-    fn register(&self, interest: &Interest<'_>) -> Result<(), WorkerError> {
+    fn register(&mut self, interest: &Interest<'_>) -> Result<(), WorkerError> {
         self.queue_evts.register(interest)?;
         // The muxer keeps its host sockets in an epoll of its own, which is readable whenever
         // one of them is ready.
