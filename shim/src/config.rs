@@ -106,8 +106,8 @@ impl Default for AgentConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RuntimeConfig {
     pub sandbox_cgroup_only: bool,
-    /// `"tcfilter"`, `"macvtap"` or `"none"`.
-    pub internetworking_model: String,
+    /// How the pod's network reaches the VM.
+    pub internetworking_model: crate::network::NetworkModel,
     pub enable_debug: bool,
 }
 
@@ -115,7 +115,7 @@ impl Default for RuntimeConfig {
     fn default() -> Self {
         Self {
             sandbox_cgroup_only: false,
-            internetworking_model: "tcfilter".to_string(),
+            internetworking_model: crate::network::NetworkModel::TcFilter,
             enable_debug: false,
         }
     }
@@ -327,12 +327,15 @@ fn read_runtime(s: &mut Section) -> Result<RuntimeConfig, ConfigError> {
     let d = RuntimeConfig::default();
     Ok(RuntimeConfig {
         sandbox_cgroup_only: s.boolean("sandbox_cgroup_only", d.sandbox_cgroup_only)?,
-        internetworking_model: s.choice(
-            "internetworking_model",
-            &d.internetworking_model,
-            &["tcfilter", "macvtap", "none"],
-            &[],
-        )?,
+        internetworking_model: s
+            .choice(
+                "internetworking_model",
+                "tcfilter",
+                &["tcfilter", "none"],
+                &[],
+            )?
+            .parse()
+            .unwrap_or(d.internetworking_model),
         enable_debug: s.boolean("enable_debug", d.enable_debug)?,
     })
 }

@@ -75,7 +75,10 @@ fn defaults_fill_an_empty_husk_table() {
             debug_console_enabled: false
         }
     );
-    assert_eq!(config.runtime.internetworking_model, "tcfilter");
+    assert_eq!(
+        config.runtime.internetworking_model,
+        crate::network::NetworkModel::TcFilter
+    );
     assert!(!config.runtime.sandbox_cgroup_only && !config.runtime.enable_debug);
     assert_eq!(config.hypervisor, HypervisorConfig::default());
 }
@@ -105,7 +108,7 @@ fn values_are_read_and_other_tables_ignored() {
         enable_template = true
         [runtime]
         sandbox_cgroup_only = true
-        internetworking_model = "macvtap"
+        internetworking_model = "none"
         enable_debug = true
     "#;
     let (_dir, _file, result) = load_text("values", text);
@@ -130,7 +133,7 @@ fn values_are_read_and_other_tables_ignored() {
     );
     let r = &config.runtime;
     assert!(r.sandbox_cgroup_only && r.enable_debug);
-    assert_eq!(r.internetworking_model, "macvtap");
+    assert_eq!(r.internetworking_model, crate::network::NetworkModel::None);
 }
 
 #[test]

@@ -59,6 +59,20 @@ pub enum Error {
     Boot(#[source] VmError),
     #[error("Cannot prepare the sandbox's files")]
     Storage(#[from] StorageError),
+    #[error(
+        "The container asks for the host's network (its spec has no network namespace: \
+         `ctr run --net-host`, or a hostNetwork pod); a VM cannot share the host's network \
+         namespace: run such containers with runc"
+    )]
+    HostNetwork,
+    #[error(
+        "The network namespace {netns} is already in use ({users}); husk takes over the \
+         interfaces of a namespace prepared for the pod alone (by CNI, or `ip netns add`): give \
+         this container a namespace of its own"
+    )]
+    NetnsInUse { netns: PathBuf, users: String },
+    #[error("Cannot connect the sandbox VM to the pod's network")]
+    Network(#[from] crate::network::NetworkError),
     #[error("Cannot {what}")]
     Agent {
         what: &'static str,
@@ -82,9 +96,13 @@ impl Error {
                 Code::NOT_FOUND
             }
             Error::ContainerExists(_) | Error::ExecExists(_) => Code::ALREADY_EXISTS,
-            Error::BadId(_) | Error::InvalidRequest(_) | Error::Spec(_) | Error::Config(_) => {
-                Code::INVALID_ARGUMENT
-            }
+            Error::BadId(_)
+            | Error::InvalidRequest(_)
+            | Error::Spec(_)
+            | Error::Config(_)
+            | Error::HostNetwork => Code::INVALID_ARGUMENT,
+            Error::NetnsInUse { .. } => Code::FAILED_PRECONDITION,
+            Error::Network(_) => Code::INTERNAL,
             Error::Cgroup(e) if e.is_bad_request() => Code::INVALID_ARGUMENT,
             Error::Unsupported(_) => Code::UNIMPLEMENTED,
             Error::AlreadyStarted(_)

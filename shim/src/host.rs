@@ -7,12 +7,15 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::agent::Agent;
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use crate::agent::{ctx, Agent};
 use crate::error::{Error, Result};
+use crate::network::{self, GuestInterface, NetworkModel};
 use crate::record::{ProcessIdentity, Record};
 use crate::spec::GUEST_SHARE;
 use crate::storage::{Bind, RootfsMount, SandboxStorage, StorageError};
-use crate::vm::{Vm, VmConfig, Volume};
+use crate::vm::{NetDevice, Vm, VmConfig, Volume};
 
 /// A booted sandbox VM: its agent, and the VMM process when there is one (tests have none).
 pub struct BootedVm {
@@ -45,8 +48,9 @@ impl BootedVm {
 
 /// The host side of one sandbox.
 pub trait Host: Send + Sync {
-    /// Creates the sandbox's directory, cgroup and share, and boots its VM.
-    fn boot(&self, spec_cgroup: Option<&str>) -> Result<BootedVm>;
+    /// Creates the sandbox's directory, cgroup and share, connects the pod's network namespace
+    /// `netns` (when there is one) and boots its VM.
+    fn boot(&self, spec_cgroup: Option<&str>, netns: Option<&Path>) -> Result<BootedVm>;
     /// Mounts container `id`'s rootfs and binds where the guest finds them.
     fn mount_container(
         &self,
@@ -156,10 +160,55 @@ impl HostSandbox {
             fs_cache: Some(hv.virtio_fs_cache.clone()),
             fs_all_xattrs: false,
             cgroup_procs,
+            net: Vec::new(),
         })
     }
 
-    fn boot_inner(&self, spec_cgroup: Option<&str>) -> Result<BootedVm> {
+    /// Connects the VM to the pod's namespace `netns`: a tap beside each CNI interface, joined
+    /// to it by tc redirects (recorded before anything else can fail). Returns the open taps and
+    /// what the guest must configure.
+    fn attach_network(&self, netns: &Path) -> Result<Vec<(OwnedFd, GuestInterface)>> {
+        let users = network::namespace_users(netns)?;
+        if users.is_shared() {
+            let mut what = Vec::new();
+            if !users.pids.is_empty() {
+                what.push(format!("processes {:?} live in it", users.pids));
+            }
+            if !users.taps.is_empty() {
+                what.push(format!(
+                    "another husk sandbox's taps {:?} are in it",
+                    users.taps
+                ));
+            }
+            return Err(Error::NetnsInUse {
+                netns: netns.into(),
+                users: what.join("; "),
+            });
+        }
+        let mut taps = Vec::new();
+        for (cni, guest) in network::discover(netns)? {
+            let (tap, attached) = network::attach(netns, &cni)?;
+            let recorded = self
+                .record()
+                .update(|r| r.network.push(attached.clone()))
+                .map_err(StorageError::Record);
+            if let Err(e) = recorded {
+                let _ = network::detach(&attached);
+                return Err(e.into());
+            }
+            tracing::info!(
+                sandbox = %self.id,
+                interface = %cni.name,
+                tap = %attached.tap_name,
+                addresses = ?guest.addresses,
+                "pod interface connected to the VM"
+            );
+            taps.push((tap, guest));
+        }
+        Ok(taps)
+    }
+
+    fn boot_inner(&self, spec_cgroup: Option<&str>, netns: Option<&Path>) -> Result<BootedVm> {
         // A dead shim of the same sandbox may have left things behind.
         if self.dir.exists() {
             tracing::warn!(dir = %self.dir.display(), "cleaning up after an earlier shim of this sandbox");
@@ -179,7 +228,23 @@ impl HostSandbox {
         if cgroup_procs.is_none() {
             tracing::warn!("no cgroup v2 hierarchy: the VMM stays in the shim's cgroup");
         }
-        let config = self.vm_config(&storage, cgroup_procs)?;
+        let mut config = self.vm_config(&storage, cgroup_procs)?;
+        let model = crate::config::load(self.config_path.as_deref())?
+            .runtime
+            .internetworking_model;
+        // The taps stay open here until the VMM holds them; then they live as long as it does.
+        let taps = match (netns, model) {
+            (Some(ns), NetworkModel::TcFilter) => self.attach_network(ns)?,
+            _ => Vec::new(),
+        };
+        config.net = taps
+            .iter()
+            .map(|(tap, g)| NetDevice {
+                tap_fd: tap.as_raw_fd(),
+                mac: g.mac,
+                mtu: g.mtu,
+            })
+            .collect();
         // A guest that resets or hangs before its agent answers gets one more boot: the failure
         // is logged with its console (and counted by the test harness); a second one fails.
         let mut attempt = 1;
@@ -197,6 +262,9 @@ impl HostSandbox {
         self.record()
             .update(|r| r.vmm = identity)
             .map_err(StorageError::Record)?;
+        // The VMM holds the taps now: they go away with it.
+        let guests: Vec<GuestInterface> = taps.into_iter().map(|(_, g)| g).collect();
+        configure_guest_network(&vm.agent, &guests)?;
         tracing::info!(sandbox = %self.id, vmm_pid = vm.vmm_pid(), "sandbox VM up");
         Ok(BootedVm {
             agent: vm.agent.clone(),
@@ -207,8 +275,8 @@ impl HostSandbox {
 }
 
 impl Host for HostSandbox {
-    fn boot(&self, spec_cgroup: Option<&str>) -> Result<BootedVm> {
-        self.boot_inner(spec_cgroup)
+    fn boot(&self, spec_cgroup: Option<&str>, netns: Option<&Path>) -> Result<BootedVm> {
+        self.boot_inner(spec_cgroup, netns)
             .inspect_err(|_| self.teardown())
     }
 
@@ -267,6 +335,12 @@ impl Host for HostSandbox {
         if let Some(vmm) = rec.vmm {
             vmm.kill();
         }
+        // Only what we recorded: the CNI interfaces stay as CNI made them.
+        for attached in &rec.network {
+            if let Err(e) = network::detach(attached) {
+                tracing::warn!(tap = %attached.tap_name, error = %e, "cannot disconnect the pod's network");
+            }
+        }
         if let Some(cgroup) = &rec.cgroup {
             crate::cgroup::remove(cgroup);
         }
@@ -293,6 +367,91 @@ pub fn cleanup_after_crash(namespace: &str, sandbox: &str, id: &str) {
     if others == 0 {
         host.teardown();
     }
+}
+
+/// Gives the guest the pod's interfaces (found by MAC), routes and neighbours, as CNI left
+/// them in the pod's namespace.
+fn configure_guest_network(agent: &Agent, guests: &[GuestInterface]) -> Result<()> {
+    use husk_agent_protocol::agent as pb;
+    let mut routes = Vec::new();
+    let mut neighbours = Vec::new();
+    for (i, g) in guests.iter().enumerate() {
+        let name = format!("eth{i}");
+        let interface = pb::Interface {
+            name: name.clone(),
+            hw_addr: mac_text(g.mac),
+            mtu: g.mtu.into(),
+            ip_addresses: g
+                .addresses
+                .iter()
+                .map(|a| format!("{}/{}", a.addr, a.prefix_len))
+                .collect(),
+            ..Default::default()
+        };
+        agent
+            .api()
+            .update_interface(
+                ctx(),
+                &pb::UpdateInterfaceRequest {
+                    interface: Some(interface).into(),
+                    ..Default::default()
+                },
+            )
+            .map_err(Error::agent("configure the guest's network interface"))?;
+        for r in &g.routes {
+            routes.push(pb::Route {
+                dest: r
+                    .dest
+                    .map(|d| format!("{}/{}", d.addr, d.prefix_len))
+                    .unwrap_or_default(),
+                gateway: r.gateway.map(|a| a.to_string()).unwrap_or_default(),
+                device: name.clone(),
+                source: r.source.map(|a| a.to_string()).unwrap_or_default(),
+                scope: r.scope.into(),
+                ..Default::default()
+            });
+        }
+        for n in &g.neighbours {
+            neighbours.push(pb::ARPNeighbor {
+                to_ip: n.ip.to_string(),
+                lladdr: mac_text(n.mac),
+                device: name.clone(),
+                ..Default::default()
+            });
+        }
+    }
+    if !routes.is_empty() {
+        agent
+            .api()
+            .update_routes(
+                ctx(),
+                &pb::UpdateRoutesRequest {
+                    routes,
+                    ..Default::default()
+                },
+            )
+            .map_err(Error::agent("set the guest's routes"))?;
+    }
+    if !neighbours.is_empty() {
+        agent
+            .api()
+            .add_arp_neighbors(
+                ctx(),
+                &pb::AddARPNeighborsRequest {
+                    neighbors: neighbours,
+                    ..Default::default()
+                },
+            )
+            .map_err(Error::agent("add the guest's neighbour entries"))?;
+    }
+    Ok(())
+}
+
+fn mac_text(m: [u8; 6]) -> String {
+    format!(
+        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        m[0], m[1], m[2], m[3], m[4], m[5]
+    )
 }
 
 /// Agent log lines become shim log lines.

@@ -84,6 +84,9 @@ pub struct SandboxRecord {
     pub vmm: Option<ProcessIdentity>,
     /// Each container's mount targets, relative to the sandbox directory, in mount order.
     pub containers: BTreeMap<String, Vec<String>>,
+    /// The taps and tc filters we added in the pod's network namespace.
+    #[serde(default)]
+    pub network: Vec<crate::network::AttachedInterface>,
 }
 
 /// A sandbox directory's record, locked while it is read and changed.

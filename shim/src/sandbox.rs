@@ -7,7 +7,7 @@
 //! health check has its own too (see `agent`).
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
@@ -132,7 +132,11 @@ impl Sandbox {
     }
 
     /// The VM, booting it if it is down; waits for a boot or a stop in progress.
-    fn acquire_vm(self: &Arc<Self>, spec_cgroup: Option<&str>) -> Result<Arc<BootedVm>> {
+    fn acquire_vm(
+        self: &Arc<Self>,
+        spec_cgroup: Option<&str>,
+        netns: Option<&Path>,
+    ) -> Result<Arc<BootedVm>> {
         let mut inner = self.lock();
         loop {
             match &inner.vm {
@@ -145,7 +149,7 @@ impl Sandbox {
         }
         inner.vm = VmSlot::Booting;
         drop(inner);
-        let booted = self.host.boot(spec_cgroup);
+        let booted = self.host.boot(spec_cgroup, netns);
         let mut inner = self.lock();
         let result = match booted {
             Ok(vm) => {
@@ -275,7 +279,14 @@ impl Sandbox {
         req: &CreateRequest,
         oci: serde_json::Value,
     ) -> Result<Arc<BootedVm>> {
-        let vm = self.acquire_vm(oci["linux"]["cgroupsPath"].as_str())?;
+        // The pod's network: the first container's (a pod's sandbox container) decides; the
+        // others share the VM's, as they would share the pod's namespace under runc.
+        let netns = match spec::network(&oci) {
+            spec::SpecNetwork::Host => return Err(Error::HostNetwork),
+            spec::SpecNetwork::New => None,
+            spec::SpecNetwork::Join(path) => Some(path),
+        };
+        let vm = self.acquire_vm(oci["linux"]["cgroupsPath"].as_str(), netns.as_deref())?;
         let host_name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
         let guest = spec::for_guest(&req.id, oci, host_name.trim());
         for d in &guest.dropped {

@@ -225,7 +225,7 @@ struct FakeHost {
 }
 
 impl Host for FakeHost {
-    fn boot(&self, _: Option<&str>) -> crate::error::Result<BootedVm> {
+    fn boot(&self, _: Option<&str>, _: Option<&Path>) -> crate::error::Result<BootedVm> {
         self.calls.push("boot".into());
         let sock = self.socket.clone();
         let dial: crate::agent::Dialer = Arc::new(move || UnixStream::connect(&sock));
@@ -333,7 +333,7 @@ fn world(name: &str) -> World {
     let dir = std::env::temp_dir().join(format!("husk-sbx-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("bundle")).unwrap();
-    std::fs::write(dir.join("bundle/config.json"), r#"{"ociVersion":"1.0.2","process":{"args":["sh"]},"mounts":[{"destination":"/data","type":"bind","source":"/tmp","options":["rbind"]}]}"#).unwrap();
+    std::fs::write(dir.join("bundle/config.json"), r#"{"ociVersion":"1.0.2","process":{"args":["sh"]},"linux":{"namespaces":[{"type":"network"}]},"mounts":[{"destination":"/data","type":"bind","source":"/tmp","options":["rbind"]}]}"#).unwrap();
     let socket = dir.join("agent.sock");
     let (oom_tx, oom_rx) = mpsc::channel();
     let fake = Arc::new(FakeAgent {

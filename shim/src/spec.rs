@@ -11,6 +11,32 @@ use serde_json::Value;
 /// Kata finds containers where it expects them).
 pub const GUEST_SHARE: &str = "/run/kata-containers/shared/containers";
 
+/// The network a container's spec asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SpecNetwork {
+    /// No network namespace at all: the host's (`--net-host`, hostNetwork pods).
+    Host,
+    /// A new, empty namespace: the guest's loopback only.
+    New,
+    /// A namespace prepared beforehand (by CNI, `ip netns add`), whose interfaces the VM takes
+    /// over.
+    Join(PathBuf),
+}
+
+/// The network namespace `spec` asks for.
+pub fn network(spec: &Value) -> SpecNetwork {
+    let Some(ns) = spec["linux"]["namespaces"].as_array() else {
+        return SpecNetwork::Host;
+    };
+    match ns.iter().find(|n| n["type"] == "network") {
+        None => SpecNetwork::Host,
+        Some(n) => match n["path"].as_str().filter(|p| !p.is_empty()) {
+            Some(p) => SpecNetwork::Join(PathBuf::from(p)),
+            None => SpecNetwork::New,
+        },
+    }
+}
+
 /// A host path the container needs, to be bind-mounted into the share at `share_rel`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SharedBind {
@@ -232,5 +258,26 @@ mod tests {
         let cri = json!({"annotations": {"io.kubernetes.cri.sandbox-id": "pod1"}});
         assert_eq!(sandbox_id(&cri, "c1"), "pod1");
         assert_eq!(sandbox_id(&json!({}), "c1"), "c1");
+    }
+
+    #[test]
+    fn the_network_a_spec_asks_for() {
+        let with = |ns: Value| json!({"linux": {"namespaces": ns}});
+        assert_eq!(network(&json!({})), SpecNetwork::Host);
+        assert_eq!(network(&with(json!([{"type": "pid"}]))), SpecNetwork::Host);
+        assert_eq!(
+            network(&with(json!([{"type": "network"}]))),
+            SpecNetwork::New
+        );
+        assert_eq!(
+            network(&with(json!([{"type": "network", "path": ""}]))),
+            SpecNetwork::New
+        );
+        assert_eq!(
+            network(&with(
+                json!([{"type": "network", "path": "/var/run/netns/p1"}])
+            )),
+            SpecNetwork::Join("/var/run/netns/p1".into())
+        );
     }
 }

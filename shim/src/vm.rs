@@ -5,6 +5,7 @@
 use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::RawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixListener;
 use std::os::unix::process::CommandExt;
@@ -77,6 +78,17 @@ pub struct VmConfig {
     /// A cgroup's `cgroup.procs`: the VMM joins that cgroup before it runs, so that everything
     /// it allocates is charged there.
     pub cgroup_procs: Option<PathBuf>,
+    /// virtio-net cards, each on a tap the caller opened (the VMM inherits the descriptor).
+    pub net: Vec<NetDevice>,
+}
+
+/// A virtio-net card of the VM: an open tap, and the MAC and MTU the guest's interface gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NetDevice {
+    /// Open in the caller for as long as the VMM is being started; inherited by the VMM.
+    pub tap_fd: RawFd,
+    pub mac: [u8; 6],
+    pub mtu: u32,
 }
 
 impl VmConfig {
@@ -110,6 +122,17 @@ impl VmConfig {
             arg("--fs", &fs);
             let ro = if v.read_only { ":ro" } else { "" };
             params.push(format!("agent.mount={tag}:{}{ro}", v.guest));
+        }
+        for n in &self.net {
+            let m = n.mac;
+            let mac = format!(
+                "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+                m[0], m[1], m[2], m[3], m[4], m[5]
+            );
+            arg(
+                "--net",
+                &format!("fd={},mac={mac},mtu={}", n.tap_fd, n.mtu).into(),
+            );
         }
         if !params.is_empty() {
             arg("--append", &params.join(" ").into());
@@ -329,6 +352,7 @@ impl Vm {
                 Ok(())
             });
         }
+        inherit_fds(&mut cmd, config.net.iter().map(|n| n.tap_fd).collect());
         let mut child = match spawn_from_lasting_thread(cmd) {
             Ok(c) => c,
             Err(e) => {
@@ -396,6 +420,25 @@ fn spawn_from_lasting_thread(cmd: Command) -> std::io::Result<Child> {
     result
         .recv()
         .map_err(|_| std::io::Error::other("the VMM spawner thread is gone"))?
+}
+
+/// Makes `fds` (close-on-exec in the shim) survive the exec into the VMM, and only there.
+fn inherit_fds(cmd: &mut Command, fds: Vec<RawFd>) {
+    if fds.is_empty() {
+        return;
+    }
+    // SAFETY: between fork and exec only fcntl, which is async-signal-safe, on descriptors the
+    // caller keeps open until the spawn returns.
+    unsafe {
+        cmd.pre_exec(move || {
+            for &fd in &fds {
+                if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
 }
 
 fn join_cgroup_before_exec(cmd: &mut Command, procs: &Path) -> std::io::Result<()> {
@@ -536,6 +579,11 @@ mod tests {
             fs_cache: Some("never".into()),
             fs_all_xattrs: false,
             cgroup_procs: None,
+            net: vec![NetDevice {
+                tap_fd: 7,
+                mac: [0x0a, 0x58, 0x0a, 0x58, 0x00, 0x02],
+                mtu: 1450,
+            }],
         };
         let args: Vec<String> = config
             .vmm_args(Path::new("/d"))
@@ -546,7 +594,7 @@ mod tests {
             args.join(" "),
             "--kernel /k --initrd /i --vcpus 2 --memory 512 --console /d/console.log \
              --vsock-uds /d/vsock.sock --fs tag=vol0,path=/run/husk/s/x/shared,cache=never,ro \
-             --append agent.log=debug agent.mount=vol0:/run/kata-containers/shared/containers:ro"
+             --net fd=7,mac=0a:58:0a:58:00:02,mtu=1450 --append agent.log=debug agent.mount=vol0:/run/kata-containers/shared/containers:ro"
         );
     }
 

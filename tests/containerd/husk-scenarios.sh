@@ -393,6 +393,77 @@ s_guest_seccomp() {
   return 0
 }
 
+# cni NETNS ADD|DEL: CNI's bridge plugin with host-local IPAM on the namespace
+# /var/run/netns/NETNS, as containerd's CRI runs it for a pod; ADD prints the address it gave.
+cni() {
+  local conf
+  conf=$(printf '{"cniVersion":"1.0.0","name":"husk-test","type":"bridge","bridge":"husk-br0","isGateway":true,"ipMasq":false,"ipam":{"type":"host-local","ranges":[[{"subnet":"10.77.0.0/24"}]],"routes":[{"dst":"0.0.0.0/0"}],"dataDir":"%s/cni-ipam"}}' "$WORK")
+  echo "$conf" | CNI_COMMAND=$2 CNI_CONTAINERID=$1 CNI_NETNS=/var/run/netns/$1 CNI_IFNAME=eth0 \
+    CNI_PATH=/usr/lib/cni /usr/lib/cni/bridge |
+    python3 -c 'import json,sys; r=sys.stdin.read().strip(); print(json.loads(r)["ips"][0]["address"].split("/")[0] if r else "")'
+}
+
+# What the pod namespace holds: links (without counters) and qdiscs.
+netns_state() {
+  ip -n "$1" -o link show | sed 's/ *link\/ether.*//' | sort
+  tc -n "$1" qdisc show | sort
+}
+
+s_network() {
+  # A pod namespace prepared the way CRI does it: the container gets the pod's IP, a peer on the
+  # same bridge reaches its server and the other way round, and delete leaves the veth as CNI
+  # made it.
+  ip netns add husk-pod1 && ip netns add husk-peer && ip netns add husk-busy || return 1
+  local pod_ip peer_ip before after sleeper
+  pod_ip=$(cni husk-pod1 ADD) peer_ip=$(cni husk-peer ADD)
+  echo "cni: pod $pod_ip peer $peer_ip"
+  before=$(netns_state husk-pod1)
+  mkdir -p "$WORK/www" && echo hello-from-peer > "$WORK/www/index.html"
+  ip netns exec husk-peer busybox httpd -p 8081 -h "$WORK/www"
+  tmo $CTR run --runtime $KATA -d --with-ns network:/var/run/netns/husk-pod1 $IMAGE net1 \
+    sh -c 'mkdir -p /tmp/www && echo hello-from-pod > /tmp/www/index.html && exec httpd -f -p 8080 -h /tmp/www' \
+    </dev/null || return 1
+  echo "guest addresses: $(tmo $CTR task exec --exec-id a net1 ip -o -4 addr show eth0 </dev/null | awk '{print $4}')"
+  echo "guest route: $(tmo $CTR task exec --exec-id r net1 ip route show default </dev/null)"
+  echo "guest mtu: $(tmo $CTR task exec --exec-id m net1 cat /sys/class/net/eth0/mtu </dev/null)"
+  for _ in $(seq 30); do
+    ip netns exec husk-peer busybox wget -q -T 2 -O - "http://$pod_ip:8080/" >/dev/null 2>&1 && break
+    sleep 1
+  done
+  echo "peer to pod: $(ip netns exec husk-peer busybox wget -q -T 5 -O - "http://$pod_ip:8080/" 2>&1)"
+  echo "pod to peer: $(tmo $CTR task exec --exec-id w net1 wget -q -T 5 -O - "http://$peer_ip:8081/" </dev/null 2>&1)"
+  echo "pod to gateway: $(tmo $CTR task exec --exec-id p net1 ping -c 1 -W 5 10.77.0.1 </dev/null | grep -c 'bytes from')"
+  echo "requests ok: $(ip netns exec husk-peer python3 -c '
+import http.client, sys
+ok = 0
+for i in range(1000):
+    try:
+        c = http.client.HTTPConnection(sys.argv[1], 8080, timeout=10)
+        c.request("GET", "/")
+        ok += c.getresponse().read() == b"hello-from-pod\n"
+        c.close()
+    except OSError as e:
+        print("request", i, e, file=sys.stderr)
+print(ok)' "$pod_ip")"
+  echo "taps while running: $(ip -n husk-pod1 -o link show | grep -c _husk)"
+  husk_task_gone net1
+  after=$(netns_state husk-pod1)
+  [ "$before" = "$after" ] && echo "pod namespace after delete: as CNI left it" ||
+    { echo "pod namespace after delete: changed"; diff <(echo "$before") <(echo "$after"); }
+  # Refusals: the host's network, and a namespace a process already lives in.
+  echo "host network: $(run --rm --net-host $IMAGE net2 true </dev/null 2>&1 | tail -n1)"
+  $CTR container delete net2 2>/dev/null
+  ip netns exec husk-busy sleep 600 & sleeper=$!
+  echo "busy namespace: $(run --rm --with-ns network:/var/run/netns/husk-busy $IMAGE net3 true </dev/null 2>&1 | tail -n1)"
+  $CTR container delete net3 2>/dev/null
+  kill "$sleeper"
+  pkill -f "httpd -p 8081" || true
+  cni husk-pod1 DEL >/dev/null; cni husk-peer DEL >/dev/null
+  ip netns del husk-pod1; ip netns del husk-peer; ip netns del husk-busy
+  ip link del husk-br0 2>/dev/null
+  return 0
+}
+
 s_missing_kernel() {
   printf '[hypervisor.husk]\nkernel = "/nonexistent/husk/vmlinux"\ninitrd = "%s"\n' \
     "$REPO/target/guest/initramfs.img" > "$WORK/nokernel.toml"
@@ -401,7 +472,7 @@ s_missing_kernel() {
   $CTR container delete b2 2>/dev/null
 }
 
-scenarios=${*:-echo exit_status stdin tty oci update pause oom big_output exec events attach sigterm two pod hostile_share hostile_guest guest_seccomp restart bad_config missing_kernel vmm_killed vmm_hung shim_crash cleanup boot_retries}
+scenarios=${*:-echo exit_status stdin tty oci update pause oom big_output exec events attach sigterm two pod hostile_share hostile_guest guest_seccomp network restart bad_config missing_kernel vmm_killed vmm_hung shim_crash cleanup boot_retries}
 for s in $scenarios; do
   echo "=== begin $s"
   "s_$s" 2>&1

@@ -412,3 +412,52 @@ fn the_specs_seccomp_profile_holds_in_the_guest() {
         s.output
     );
 }
+
+#[test]
+fn a_pod_namespace_prepared_by_cni_is_the_guests_network() {
+    let s = section("network");
+    assert_eq!(s.status, 0, "{}", s.output);
+    let cni = s.after("cni: ");
+    let pod_ip = cni
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_else(|| panic!("no CNI address:\n{}", s.output));
+    // The guest has the pod's address, its default route and the veth's MTU.
+    assert!(
+        s.after("guest addresses: ")
+            .starts_with(&format!("{pod_ip}/24")),
+        "{}",
+        s.output
+    );
+    assert!(
+        s.after("guest route: ").contains("via 10.77.0.1"),
+        "{}",
+        s.output
+    );
+    assert_eq!(s.after("guest mtu: "), "1500", "{}", s.output);
+    // Traffic both ways through the bridge, and the gateway.
+    assert_eq!(s.after("peer to pod: "), "hello-from-pod", "{}", s.output);
+    assert_eq!(s.after("pod to peer: "), "hello-from-peer", "{}", s.output);
+    assert_eq!(s.after("pod to gateway: "), "1", "{}", s.output);
+    assert_eq!(s.after("requests ok: "), "1000", "{}", s.output);
+    assert_eq!(s.after("taps while running: "), "1", "{}", s.output);
+    // Delete leaves exactly what CNI made: no tap, qdisc or filter of ours.
+    assert_eq!(
+        s.after("pod namespace after delete: "),
+        "as CNI left it",
+        "{}",
+        s.output
+    );
+    // The host's network and a namespace someone lives in are refused, saying why.
+    assert!(
+        s.after("host network: ").contains("host's network"),
+        "{}",
+        s.output
+    );
+    assert!(s.after("host network: ").contains("runc"), "{}", s.output);
+    assert!(
+        s.after("busy namespace: ").contains("already in use"),
+        "{}",
+        s.output
+    );
+}

@@ -35,6 +35,7 @@ fn config(vcpus: u8) -> SandboxConfig {
         fs_cache: None,
         fs_all_xattrs: false,
         cgroup_procs: None,
+        net: Vec::new(),
     }
 }
 

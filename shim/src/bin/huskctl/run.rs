@@ -175,6 +175,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
         fs_cache: None,
         fs_all_xattrs: args.all_xattrs,
         cgroup_procs: None,
+        net: Vec::new(),
     };
     let log: Box<dyn Write + Send> = if args.debug {
         Box::new(std::io::stderr())
