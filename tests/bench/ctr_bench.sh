@@ -53,7 +53,9 @@ kib() { awk -v k="$2" '$1==k":"{print $2}' "/proc/$1/status"; }
 $CTR run --runtime io.containerd.kata.v2 -d $IMAGE idle sleep 3600 </dev/null
 $CTR run --runtime io.containerd.runc.v2 -d $IMAGE idle-runc sleep 3600 </dev/null
 sleep 3
-vmm=$(pgrep -x husk-vmm | head -1)
+# The jailed VMM is the child of the process the shim started, which only waits.
+waiter=$(pgrep -xo husk-vmm)
+vmm=$(awk '{print $1}' "/proc/$waiter/task/$waiter/children")
 shim=$(pgrep -f containerd-shim-kata-v2 | head -1)
 runc_shim=$(pgrep -f containerd-shim-runc-v2 | head -1)
 echo
@@ -61,14 +63,15 @@ echo "Idle sandbox (busybox sleep, 1 vCPU, 256 MiB guest), KiB:"
 echo
 echo "| process | VmRSS | RssAnon | RssFile | RssShmem |"
 echo "|---|---|---|---|---|"
-for p in "containerd-shim-kata-v2:$shim" "husk-vmm:$vmm" "containerd-shim-runc-v2:$runc_shim"; do
+for p in "containerd-shim-kata-v2:$shim" "husk-vmm (jail's waiter):$waiter" "husk-vmm (VMM):$vmm" \
+  "containerd-shim-runc-v2:$runc_shim"; do
   n=${p%%:*}; pid=${p##*:}
   [ -n "$pid" ] || continue
   echo "| $n | $(kib "$pid" VmRSS) | $(kib "$pid" RssAnon) | $(kib "$pid" RssFile) | $(kib "$pid" RssShmem) |"
 done
-total=$(( $(kib "$shim" VmRSS) + $(kib "$vmm" VmRSS) ))
+total=$(( $(kib "$shim" VmRSS) + $(kib "$waiter" VmRSS) + $(kib "$vmm" VmRSS) ))
 echo
-echo "husk sandbox total (shim + VMM): $total KiB; runc shim alone: $(kib "$runc_shim" VmRSS) KiB"
+echo "husk sandbox total (shim + both VMM processes): $total KiB; runc shim alone: $(kib "$runc_shim" VmRSS) KiB"
 for c in idle idle-runc; do
   $CTR task kill -s SIGKILL $c
 done

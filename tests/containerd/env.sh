@@ -494,3 +494,19 @@ husk_task_stopped() {
   done
   echo "$st"
 }
+
+# cni NETNS ADD|DEL: CNI's bridge plugin with host-local IPAM on the namespace
+# /var/run/netns/NETNS, as containerd's CRI runs it for a pod; ADD prints the address it gave.
+cni() {
+  local conf
+  conf=$(printf '{"cniVersion":"1.0.0","name":"husk-test","type":"bridge","bridge":"husk-br0","isGateway":true,"ipMasq":false,"ipam":{"type":"host-local","ranges":[[{"subnet":"10.77.0.0/24"}]],"routes":[{"dst":"0.0.0.0/0"}],"dataDir":"%s/cni-ipam"}}' "${WORK:?}")
+  echo "$conf" | CNI_COMMAND=$2 CNI_CONTAINERID=$1 CNI_NETNS=/var/run/netns/$1 CNI_IFNAME=eth0 \
+    CNI_PATH=/usr/lib/cni /usr/lib/cni/bridge |
+    python3 -c 'import json,sys; r=sys.stdin.read().strip(); print(json.loads(r)["ips"][0]["address"].split("/")[0] if r else "")'
+}
+
+# What the pod namespace holds: links (without counters) and qdiscs.
+netns_state() {
+  ip -n "$1" -o link show | sed 's/ *link\/ether.*//' | sort
+  tc -n "$1" qdisc show | sort
+}

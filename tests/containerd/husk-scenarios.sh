@@ -393,22 +393,6 @@ s_guest_seccomp() {
   return 0
 }
 
-# cni NETNS ADD|DEL: CNI's bridge plugin with host-local IPAM on the namespace
-# /var/run/netns/NETNS, as containerd's CRI runs it for a pod; ADD prints the address it gave.
-cni() {
-  local conf
-  conf=$(printf '{"cniVersion":"1.0.0","name":"husk-test","type":"bridge","bridge":"husk-br0","isGateway":true,"ipMasq":false,"ipam":{"type":"host-local","ranges":[[{"subnet":"10.77.0.0/24"}]],"routes":[{"dst":"0.0.0.0/0"}],"dataDir":"%s/cni-ipam"}}' "$WORK")
-  echo "$conf" | CNI_COMMAND=$2 CNI_CONTAINERID=$1 CNI_NETNS=/var/run/netns/$1 CNI_IFNAME=eth0 \
-    CNI_PATH=/usr/lib/cni /usr/lib/cni/bridge |
-    python3 -c 'import json,sys; r=sys.stdin.read().strip(); print(json.loads(r)["ips"][0]["address"].split("/")[0] if r else "")'
-}
-
-# What the pod namespace holds: links (without counters) and qdiscs.
-netns_state() {
-  ip -n "$1" -o link show | sed 's/ *link\/ether.*//' | sort
-  tc -n "$1" qdisc show | sort
-}
-
 s_network() {
   # A pod namespace prepared the way CRI does it: the container gets the pod's IP, a peer on the
   # same bridge reaches its server and the other way round, and delete leaves the veth as CNI
@@ -449,7 +433,8 @@ print(ok)' "$pod_ip")"
   husk_task_gone net1
   after=$(netns_state husk-pod1)
   [ "$before" = "$after" ] && echo "pod namespace after delete: as CNI left it" ||
-    { echo "pod namespace after delete: changed"; diff <(echo "$before") <(echo "$after"); }
+    { echo "pod namespace after delete: changed"; echo "$before" > "$WORK/ns-before"
+      echo "$after" > "$WORK/ns-after"; diff "$WORK/ns-before" "$WORK/ns-after"; }
   # Refusals: the host's network, and a namespace a process already lives in.
   echo "host network: $(run --rm --net-host $IMAGE net2 true </dev/null 2>&1 | tail -n1)"
   $CTR container delete net2 2>/dev/null
