@@ -443,10 +443,52 @@ pub fn spawn_device_thread<T: Send + 'static>(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) mod test_support {
     use std::io::Read;
     use std::os::fd::{FromRawFd, OwnedFd};
+
+    /// Runs `body` in a forked child (single-threaded, as a filter test needs) whose stderr is a
+    /// pipe; returns its exit status and what it wrote. A panic in the child is reported there and
+    /// exits with 101.
+    pub fn in_child(body: impl FnOnce()) -> (i32, String) {
+        let mut fds = [0; 2];
+        // SAFETY: pipe writes two descriptors into the array.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        // SAFETY: the child runs `body` and exits; it never returns into the test harness.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            // SAFETY: in the child: stderr becomes the pipe's write end.
+            unsafe { libc::dup2(fds[1], 2) };
+            // The harness captures panics' output per thread; the child writes them to fd 2.
+            std::panic::set_hook(Box::new(|info| {
+                let msg = format!("child: {info}\n");
+                // SAFETY: write reads `msg.len()` bytes of `msg`.
+                unsafe { libc::write(2, msg.as_ptr().cast(), msg.len()) };
+            }));
+            let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)).is_ok();
+            // SAFETY: ends the child without running the harness's code.
+            unsafe { libc::_exit(if ok { 0 } else { 101 }) };
+        }
+        // SAFETY: fds[1] is ours to close; fds[0] becomes an owned File.
+        let mut out = unsafe {
+            libc::close(fds[1]);
+            std::fs::File::from(OwnedFd::from_raw_fd(fds[0]))
+        };
+        let mut text = String::new();
+        out.read_to_string(&mut text).unwrap();
+        let mut status = 0;
+        // SAFETY: waits for our own child.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert!(libc::WIFEXITED(status), "child status {status:#x}: {text}");
+        (libc::WEXITSTATUS(status), text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_support::in_child;
+    use super::*;
 
     const KINDS: [ThreadKind; 5] = [
         ThreadKind::Main,
@@ -476,38 +518,6 @@ mod tests {
         let mut full = MessageBuf::default();
         full.push(&[b'x'; 300]);
         assert_eq!(full.len, 256);
-    }
-
-    /// Runs `body` in a forked child whose stderr is a pipe; returns the exit status and what it
-    /// wrote. The child is single-threaded, as a filter test needs.
-    fn in_child(body: impl FnOnce()) -> (i32, String) {
-        let mut fds = [0; 2];
-        // SAFETY: pipe writes two descriptors into the array.
-        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
-        // SAFETY: the child only runs `body` and exits; it never returns into the test harness.
-        let pid = unsafe { libc::fork() };
-        assert!(pid >= 0);
-        if pid == 0 {
-            // SAFETY: in the child: stderr becomes the pipe's write end.
-            unsafe {
-                libc::dup2(fds[1], 2);
-            }
-            body();
-            // SAFETY: ends the child without running the harness's code.
-            unsafe { libc::_exit(0) };
-        }
-        // SAFETY: fds[1] is ours to close; fds[0] becomes an owned File.
-        let mut out = unsafe {
-            libc::close(fds[1]);
-            std::fs::File::from(OwnedFd::from_raw_fd(fds[0]))
-        };
-        let mut text = String::new();
-        out.read_to_string(&mut text).unwrap();
-        let mut status = 0;
-        // SAFETY: waits for our own child.
-        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
-        assert!(libc::WIFEXITED(status), "child status {status:#x}");
-        (libc::WEXITSTATUS(status), text)
     }
 
     #[test]

@@ -2,8 +2,7 @@
 //! without root, saying so): frames both ways, merged RX buffers, a guest without RX buffers,
 //! malformed chains, the TX burst bound, the worker, and the worker under its seccomp filter.
 
-use std::io::Read;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -573,43 +572,6 @@ fn the_worker_idles_while_frames_wait_for_buffers_then_serves_both_ways() {
     net.shutdown();
 }
 
-/// Runs `body` in a forked child (single-threaded, as a filter test needs) whose stderr is a
-/// pipe; returns its exit status and what it wrote. A panic in the child is reported there and
-/// exits with 101.
-fn in_child(body: impl FnOnce()) -> (i32, String) {
-    let mut fds = [0; 2];
-    // SAFETY: pipe writes two descriptors into the array.
-    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
-    // SAFETY: the child runs `body` and exits; it never returns into the test harness.
-    let pid = unsafe { libc::fork() };
-    assert!(pid >= 0);
-    if pid == 0 {
-        // SAFETY: in the child: stderr becomes the pipe's write end.
-        unsafe { libc::dup2(fds[1], 2) };
-        // The harness captures panics' output per thread; the child writes them to fd 2.
-        std::panic::set_hook(Box::new(|info| {
-            let msg = format!("child: {info}\n");
-            // SAFETY: write reads `msg.len()` bytes of `msg`.
-            unsafe { libc::write(2, msg.as_ptr().cast(), msg.len()) };
-        }));
-        let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)).is_ok();
-        // SAFETY: ends the child without running the harness's code.
-        unsafe { libc::_exit(if ok { 0 } else { 101 }) };
-    }
-    // SAFETY: fds[1] is ours to close; fds[0] becomes an owned File.
-    let mut out = unsafe {
-        libc::close(fds[1]);
-        std::fs::File::from(OwnedFd::from_raw_fd(fds[0]))
-    };
-    let mut text = String::new();
-    out.read_to_string(&mut text).unwrap();
-    let mut status = 0;
-    // SAFETY: waits for our own child.
-    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
-    assert!(libc::WIFEXITED(status), "child status {status:#x}: {text}");
-    (libc::WEXITSTATUS(status), text)
-}
-
 #[test]
 fn the_worker_runs_under_its_seccomp_filter() {
     let Some(t) = TestTap::new() else { return };
@@ -629,7 +591,7 @@ fn the_worker_runs_under_its_seccomp_filter() {
     let inject = t.inject_fd();
     let (child_mem, child_inbound) = (mem.clone(), inbound.clone());
 
-    let (code, err) = in_child(move || {
+    let (code, err) = crate::jail::seccomp::test_support::in_child(move || {
         // As in the VMM: the spawner carries the worker filter, this thread a vCPU's, and the
         // device is activated from here.
         seccomp::install_sigsys_handler().unwrap();
