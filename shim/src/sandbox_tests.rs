@@ -573,3 +573,18 @@ fn the_vm_boots_once_for_concurrent_creates() {
     let boots = w.calls.all().iter().filter(|c| *c == "boot").count();
     assert_eq!(boots, 1);
 }
+
+#[test]
+fn a_container_on_the_hosts_network_is_refused_before_anything_boots() {
+    let w = world("hostnet");
+    std::fs::write(
+        w.dir.join("bundle/config.json"),
+        r#"{"ociVersion":"1.0.2","process":{"args":["sh"]},"linux":{"namespaces":[{"type":"pid"}]}}"#,
+    )
+    .unwrap();
+    let e = w.create("h1").unwrap_err();
+    assert!(e.to_string().contains("host's network"), "{e}");
+    assert!(e.to_string().contains("runc"), "{e}");
+    assert_eq!(code(e), Code::INVALID_ARGUMENT);
+    assert!(w.calls.all().is_empty(), "{:?}", w.calls.all());
+}
