@@ -20,6 +20,7 @@ macro_rules! say {
 mod container;
 mod init;
 mod log;
+mod network;
 mod oom;
 mod process;
 mod rpc;

@@ -1,5 +1,5 @@
 //! The ttrpc services the agent serves on vsock: thin handlers that check the request, call the
-//! process module and map its errors to ttrpc status codes.
+//! process, container or network module and map its errors to ttrpc status codes.
 
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -13,20 +13,43 @@ use husk_agent_protocol::ttrpc::security_extension::{AcceptHook, HookError, Hook
 use husk_agent_protocol::ttrpc::{self, error::get_rpc_status, Code, TtrpcContext};
 
 use crate::container::{key, Containers};
+use crate::network::{self, NetworkError};
 use crate::process::{ProcessError, Spec, Table};
 
 type Result<T> = ttrpc::Result<T>;
 
-/// The one place where the agent picks a ttrpc status code.
-fn rpc_error(e: ProcessError) -> ttrpc::Error {
-    let code = match e {
-        ProcessError::Exists(_) => Code::ALREADY_EXISTS,
-        ProcessError::NotFound(_) => Code::NOT_FOUND,
-        ProcessError::BadRequest(_) => Code::INVALID_ARGUMENT,
-        ProcessError::Io(..) => Code::INTERNAL,
-        ProcessError::Runtime(_) => Code::FAILED_PRECONDITION,
-    };
-    get_rpc_status(code, e.to_string())
+/// An error of a domain module, with the ttrpc status code the host gets for it. The
+/// implementations below are the one place where the agent picks a status code.
+pub(crate) trait StatusCode: std::error::Error {
+    fn code(&self) -> Code;
+}
+
+impl StatusCode for ProcessError {
+    fn code(&self) -> Code {
+        match self {
+            ProcessError::Exists(_) => Code::ALREADY_EXISTS,
+            ProcessError::NotFound(_) => Code::NOT_FOUND,
+            ProcessError::BadRequest(_) => Code::INVALID_ARGUMENT,
+            ProcessError::Io(..) => Code::INTERNAL,
+            ProcessError::Runtime(_) => Code::FAILED_PRECONDITION,
+        }
+    }
+}
+
+impl StatusCode for NetworkError {
+    fn code(&self) -> Code {
+        match self {
+            NetworkError::NoSuchMac(_) | NetworkError::NoSuchDevice(_) => Code::NOT_FOUND,
+            NetworkError::Invalid { .. } | NetworkError::TooMany { .. } => Code::INVALID_ARGUMENT,
+            NetworkError::Kernel { .. } => Code::INTERNAL,
+        }
+    }
+}
+
+/// The status the host gets: the error's code, and its message with its causes (the kernel's
+/// text, for a refused network change).
+pub(crate) fn rpc_error(e: impl StatusCode) -> ttrpc::Error {
+    get_rpc_status(e.code(), crate::chain(&e))
 }
 
 pub struct Agent {
@@ -219,6 +242,24 @@ impl AgentService for Agent {
             pids,
             ..Default::default()
         })
+    }
+
+    fn update_interface(&self, _: &TtrpcContext, req: UpdateInterfaceRequest) -> Result<Interface> {
+        let interface = req.interface.into_option().unwrap_or_default();
+        network::update_interface(&interface).map_err(rpc_error)
+    }
+
+    fn update_routes(&self, _: &TtrpcContext, req: UpdateRoutesRequest) -> Result<Routes> {
+        let routes = network::update_routes(&req.routes).map_err(rpc_error)?;
+        Ok(Routes {
+            routes,
+            ..Default::default()
+        })
+    }
+
+    fn add_arp_neighbors(&self, _: &TtrpcContext, req: AddARPNeighborsRequest) -> Result<Empty> {
+        network::add_neighbours(&req.neighbors).map_err(rpc_error)?;
+        Ok(Empty::new())
     }
 }
 

@@ -3,6 +3,8 @@
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use husk_netlink::link::{self, Link};
+use husk_netlink::Netlink;
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState,
@@ -12,8 +14,6 @@ use netlink_packet_route::route::{
 };
 use netlink_packet_route::RouteNetlinkMessage;
 
-use super::link::{self, Link};
-use super::netlink::Netlink;
 use super::{tap, CniInterface, GuestInterface, GuestNeighbour, GuestRoute, IpPrefix};
 
 /// Every interface of the namespace the guest should get, with what it should get.

@@ -18,10 +18,9 @@
 //!
 //! Netlink and `/dev/net/tun` are used from a short-lived thread that enters the namespace
 //! (see `netns`); the calling thread never changes namespace. Nothing here runs `ip` or `tc`.
+//! The rtnetlink client and the link helpers are `husk_netlink`'s, shared with the agent.
 
 mod discover;
-mod link;
-mod netlink;
 mod netns;
 mod tap;
 mod tc;
@@ -32,9 +31,9 @@ use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
+use husk_netlink::{link, Netlink};
 use serde::{Deserialize, Serialize};
 
-use self::netlink::Netlink;
 pub use self::tap::VNET_HDR_LEN;
 
 /// How a pod's network reaches the guest (`internetworking_model` in configuration.toml).
@@ -386,7 +385,7 @@ impl<'a> Worker<'a> {
         tracing::debug!(iface = %iface.name, "adding the ingress qdisc");
         match tc::add_ingress_qdisc(&mut self.nl, iface.ifindex) {
             Ok(()) => *cni_qdisc_added = true,
-            Err(e) if netlink::errno(&e) == Some(libc::EEXIST) => {
+            Err(e) if husk_netlink::errno(&e) == Some(libc::EEXIST) => {
                 return Err(self.ingress_exists(iface))
             }
             Err(e) => {
@@ -474,7 +473,7 @@ impl<'a> Worker<'a> {
                 {
                     tracing::debug!(iface = %rec.cni_name, "removing the ingress qdisc");
                     match tc::delete_ingress_qdisc(&mut self.nl, rec.cni_ifindex) {
-                        Err(e) if netlink::errno(&e) != Some(libc::ENOENT) => {
+                        Err(e) if husk_netlink::errno(&e) != Some(libc::ENOENT) => {
                             return Err(operation(self.netns, op, e))
                         }
                         _ => {}
@@ -497,7 +496,7 @@ impl<'a> Worker<'a> {
             Some(_) => {
                 tracing::debug!(tap = %rec.tap_name, "deleting the tap");
                 match link::delete(&mut self.nl, rec.tap_ifindex) {
-                    Err(e) if netlink::errno(&e) != Some(libc::ENODEV) => {
+                    Err(e) if husk_netlink::errno(&e) != Some(libc::ENODEV) => {
                         return Err(operation(
                             self.netns,
                             format!("delete the tap {}", rec.tap_name),

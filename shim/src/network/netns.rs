@@ -2,11 +2,11 @@
 //!
 //! `setns(CLONE_NEWNET)` changes the namespace of the calling thread only, so work in the pod's
 //! namespace runs on a short-lived thread that enters it, opens its sockets and devices there
-//! and exits. The caller's thread never moves.
+//! and exits (`husk_netlink::netns`). The caller's thread never moves.
 
 use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
@@ -57,32 +57,13 @@ where
     F: FnOnce() -> Result<T, NetworkError> + Send,
 {
     let ns = Namespace::open(path)?;
-    // The worker's logs belong to the caller's span (sandbox, interface).
-    let span = tracing::Span::current();
-    std::thread::scope(|scope| {
-        let worker = std::thread::Builder::new()
-            .name("husk-netns".into())
-            .spawn_scoped(scope, || {
-                let _span = span.entered();
-                // SAFETY: plain system call on a descriptor `ns` keeps open; it changes the
-                // network namespace of this (new, short-lived) thread only.
-                let rc = unsafe { libc::setns(ns.file.as_raw_fd(), libc::CLONE_NEWNET) };
-                if rc != 0 {
-                    return Err(NetworkError::EnterNamespace {
-                        netns: path.to_path_buf(),
-                        source: io::Error::last_os_error(),
-                    });
-                }
-                work()
-            })
-            .map_err(|source| NetworkError::EnterNamespace {
-                netns: path.to_path_buf(),
-                source,
-            })?;
-        worker
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-    })
+    // The worker's logs belong to the caller's span (sandbox, interface): run_in enters it.
+    husk_netlink::netns::run_in(ns.file.as_fd(), work).map_err(|source| {
+        NetworkError::EnterNamespace {
+            netns: path.to_path_buf(),
+            source,
+        }
+    })?
 }
 
 /// Processes other than this one with at least one thread in namespace `id`.

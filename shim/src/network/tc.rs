@@ -7,6 +7,7 @@
 
 use std::io;
 
+use husk_netlink::Netlink;
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
 use netlink_packet_route::tc::{
     TcAction, TcActionAttribute, TcActionMirrorOption, TcActionOption, TcActionType, TcAttribute,
@@ -14,8 +15,6 @@ use netlink_packet_route::tc::{
     TcU32Key, TcU32Selector, TcU32SelectorFlags,
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
-
-use super::netlink::Netlink;
 
 /// The ingress qdisc's handle, `ffff:`.
 const INGRESS_HANDLE: TcHandle = TcHandle {

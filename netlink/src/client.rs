@@ -23,7 +23,7 @@ const DUMP_ATTEMPTS: usize = 5;
 
 /// An error the kernel answered with, with its extended-ack text when it gave one.
 #[derive(Debug)]
-pub(super) struct KernelError {
+pub struct KernelError {
     pub errno: i32,
     pub message: Option<String>,
 }
@@ -50,7 +50,7 @@ fn strip_os_suffix(e: &io::Error) -> String {
 }
 
 /// The errno of an error from this module (kernel answer or system call), if it has one.
-pub(super) fn errno(e: &io::Error) -> Option<i32> {
+pub fn errno(e: &io::Error) -> Option<i32> {
     e.raw_os_error().or_else(|| {
         e.get_ref()
             .and_then(|inner| inner.downcast_ref::<KernelError>())
@@ -58,12 +58,15 @@ pub(super) fn errno(e: &io::Error) -> Option<i32> {
     })
 }
 
-pub(super) struct Netlink {
+/// An rtnetlink socket of the namespace it was opened in.
+pub struct Netlink {
     socket: Socket,
     seq: u32,
 }
 
 impl Netlink {
+    /// Opens a socket in the calling thread's network namespace, with extended acknowledgements
+    /// on (errors carry the kernel's text).
     pub fn open() -> io::Result<Self> {
         let mut socket = Socket::new(NETLINK_ROUTE)?;
         socket.bind_auto()?;
