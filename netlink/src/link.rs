@@ -22,6 +22,8 @@ pub struct Link {
     pub ether: bool,
     pub mac: Option<[u8; 6]>,
     pub mtu: u32,
+    /// The transmit queue length (`txqueuelen`).
+    pub txqlen: u32,
 }
 
 impl Link {
@@ -34,11 +36,13 @@ impl Link {
             ether: m.header.link_layer_type == LinkLayerType::Ether,
             mac: None,
             mtu: 0,
+            txqlen: 0,
         };
         for attribute in &m.attributes {
             match attribute {
                 LinkAttribute::IfName(name) => link.name = name.clone(),
                 LinkAttribute::Mtu(mtu) => link.mtu = *mtu,
+                LinkAttribute::TxQueueLen(len) => link.txqlen = *len,
                 LinkAttribute::Address(a) => link.mac = a.as_slice().try_into().ok(),
                 LinkAttribute::LinkInfo(infos) => {
                     for info in infos {
@@ -130,6 +134,14 @@ pub fn set_mtu(nl: &mut Netlink, index: u32, mtu: u32) -> io::Result<()> {
     let mut message = LinkMessage::default();
     message.header.index = index;
     message.attributes.push(LinkAttribute::Mtu(mtu));
+    nl.request(RouteNetlinkMessage::SetLink(message), 0)
+}
+
+/// Sets the transmit queue length of `index`.
+pub fn set_txqlen(nl: &mut Netlink, index: u32, len: u32) -> io::Result<()> {
+    let mut message = LinkMessage::default();
+    message.header.index = index;
+    message.attributes.push(LinkAttribute::TxQueueLen(len));
     nl.request(RouteNetlinkMessage::SetLink(message), 0)
 }
 

@@ -53,7 +53,11 @@ $CTR run --runtime io.containerd.kata.v2 -d --with-ns network:/var/run/netns/hus
   sh -c 'echo hello > /tmp/index.html && exec httpd -f -p 8080 -h /tmp' </dev/null
 inns husk-nb-a busybox httpd -p 8080 -h "$WORK/www"
 pod=${ip[husk-nb-pod]} peer=${ip[husk-nb-peer]} a=${ip[husk-nb-a]} b=${ip[husk-nb-b]}
-for _ in $(seq 60); do inns husk-nb-peer busybox wget -q -T 2 -O /dev/null "http://$pod:8080/" && break; sleep 1; done
+# (Debian's static busybox wget crashes in its resolver: python asks.)
+for _ in $(seq 60); do
+  inns husk-nb-peer python3 "$PROBE" rtt "$pod" 8080 1 >/dev/null 2>&1 && break
+  sleep 1
+done
 
 # peer -> pod: the guest's busybox nc is the sink; the sender times until the sink closes.
 ($CTR task exec --exec-id sink1 nb sh -c 'nc -l -p 5001 > /dev/null' </dev/null &)

@@ -403,19 +403,36 @@ s_network() {
   echo "cni: pod $pod_ip peer $peer_ip"
   before=$(netns_state husk-pod1)
   mkdir -p "$WORK/www" && echo hello-from-peer > "$WORK/www/index.html"
-  ip netns exec husk-peer busybox httpd -p 8081 -h "$WORK/www"
+  ip netns exec husk-peer python3 -m http.server 8081 --bind "$peer_ip" --directory "$WORK/www" \
+    >/dev/null 2>&1 &
+  local peer_server=$!
   tmo $CTR run --runtime $KATA -d --with-ns network:/var/run/netns/husk-pod1 $IMAGE net1 \
     sh -c 'mkdir -p /tmp/www && echo hello-from-pod > /tmp/www/index.html && exec httpd -f -p 8080 -h /tmp/www' \
     </dev/null || return 1
   echo "guest addresses: $(tmo $CTR task exec --exec-id a net1 ip -o -4 addr show eth0 </dev/null | awk '{print $4}')"
   echo "guest route: $(tmo $CTR task exec --exec-id r net1 ip route show default </dev/null)"
   echo "guest mtu: $(tmo $CTR task exec --exec-id m net1 cat /sys/class/net/eth0/mtu </dev/null)"
+  # GET URL from the peer namespace: the body, or the error.
+  peer_get() {
+    ip netns exec husk-peer python3 -c '
+import sys, urllib.request
+try:
+    print(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode().strip())
+except OSError as e:
+    print("error:", e)' "$1"
+  }
   for _ in $(seq 30); do
-    ip netns exec husk-peer busybox wget -q -T 2 -O - "http://$pod_ip:8080/" >/dev/null 2>&1 && break
+    [ "$(peer_get "http://$pod_ip:8080/")" = hello-from-pod ] && break
     sleep 1
   done
-  echo "peer to pod: $(ip netns exec husk-peer busybox wget -q -T 5 -O - "http://$pod_ip:8080/" 2>&1)"
-  echo "pod to peer: $(tmo $CTR task exec --exec-id w net1 wget -q -T 5 -O - "http://$peer_ip:8081/" </dev/null 2>&1)"
+  echo "peer to pod: $(peer_get "http://$pod_ip:8080/")"
+  for _ in $(seq 30); do
+    [ "$(peer_get "http://$peer_ip:8081/")" = hello-from-peer ] && break
+    sleep 1
+  done
+  # Debian's static busybox wget crashes (its static glibc resolver); nc speaks HTTP well enough.
+  echo "pod to peer: $(tmo $CTR task exec --exec-id w net1 sh -c \
+    "printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 5 $peer_ip 8081 | tail -n 1" </dev/null 2>&1)"
   echo "pod to gateway: $(tmo $CTR task exec --exec-id p net1 ping -c 1 -W 5 10.77.0.1 </dev/null | grep -c 'bytes from')"
   echo "requests ok: $(ip netns exec husk-peer python3 -c '
 import http.client, sys
@@ -442,7 +459,7 @@ print(ok)' "$pod_ip")"
   echo "busy namespace: $(run --rm --with-ns network:/var/run/netns/husk-busy $IMAGE net3 true </dev/null 2>&1 | tail -n1)"
   $CTR container delete net3 2>/dev/null
   kill "$sleeper"
-  pkill -f "httpd -p 8081" || true
+  kill "$peer_server"
   cni husk-pod1 DEL >/dev/null; cni husk-peer DEL >/dev/null
   ip netns del husk-pod1; ip netns del husk-peer; ip netns del husk-busy
   ip link del husk-br0 2>/dev/null

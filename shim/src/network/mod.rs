@@ -127,6 +127,11 @@ pub struct AttachedInterface {
     pub cni_name: String,
     pub tap_name: String,
     pub tap_ifindex: u32,
+    /// The CNI interface's `txqueuelen` before we added its ingress qdisc: the kernel gives a
+    /// device with none (CNI's veths) the default of 1000 when a qdisc is added, and detach
+    /// puts it back.
+    #[serde(default)]
+    pub cni_txqlen: Option<u32>,
 }
 
 /// Who else uses a network namespace.
@@ -322,6 +327,7 @@ impl<'a> Worker<'a> {
             return Err(self.ingress_exists(iface));
         }
 
+        let cni_txqlen = link.as_ref().map(|l| l.txqlen);
         let (tap, tap_name) = self.create_tap()?;
         let mut cni_qdisc_added = false;
         match self.connect(iface, &tap_name, &mut cni_qdisc_added) {
@@ -335,6 +341,7 @@ impl<'a> Worker<'a> {
                         cni_name: iface.name.clone(),
                         tap_name,
                         tap_ifindex,
+                        cni_txqlen,
                     },
                 ))
             }
@@ -347,6 +354,7 @@ impl<'a> Worker<'a> {
                             "cannot remove the ingress qdisc husk added"
                         );
                     }
+                    self.restore_txqlen(iface.ifindex, &iface.name, cni_txqlen);
                 }
                 // Ours is the only descriptor of the tap: closing it deletes the tap, with its
                 // qdisc and filter.
@@ -464,9 +472,10 @@ impl<'a> Worker<'a> {
                 iface = %rec.cni_name, now = %l.name,
                 "the CNI interface's index now names another interface; leaving it alone"
             ),
-            Some(_) => {
+            Some(l) => {
                 // Ours: attach refuses an interface that already has one. Our filter goes
                 // with it.
+                let txqlen = l.txqlen;
                 let op = format!("remove the ingress qdisc on {}", rec.cni_name);
                 if tc::has_ingress_qdisc(&mut self.nl, rec.cni_ifindex)
                     .map_err(self.op("list the qdiscs"))?
@@ -479,9 +488,23 @@ impl<'a> Worker<'a> {
                         _ => {}
                     }
                 }
+                if rec.cni_txqlen.is_some_and(|q| q != txqlen) {
+                    self.restore_txqlen(rec.cni_ifindex, &rec.cni_name, rec.cni_txqlen);
+                }
             }
         }
         Ok(())
+    }
+
+    /// Puts back the transmit queue length the CNI interface had before our qdisc.
+    fn restore_txqlen(&mut self, ifindex: u32, name: &str, txqlen: Option<u32>) {
+        let Some(len) = txqlen else { return };
+        if let Err(e) = link::set_txqlen(&mut self.nl, ifindex, len) {
+            tracing::warn!(
+                netns = %self.netns.display(), iface = %name, error = %e,
+                "cannot restore the interface's txqueuelen"
+            );
+        }
     }
 
     fn detach_tap(&mut self, rec: &AttachedInterface) -> Result<()> {

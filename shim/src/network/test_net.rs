@@ -46,6 +46,9 @@ impl TestNet {
         ]);
         ip(&["-n", pod, "link", "set", "lo", "up"]);
         ip(&["-n", pod, "link", "set", "eth0", "mtu", &mtu]);
+        // CNI's bridge plugin makes its veths without a transmit queue; adding a qdisc gives
+        // them the kernel's default, which detach must undo.
+        ip(&["-n", pod, "link", "set", "eth0", "txqueuelen", "0"]);
         ip(&["-n", peer, "link", "set", "peer0", "mtu", &mtu]);
         ip(&["-n", pod, "addr", "add", "10.88.0.2/24", "dev", "eth0"]);
         ip(&[

@@ -414,6 +414,7 @@ fn bad_namespace_paths() {
         cni_name: "eth0".into(),
         tap_name: "tap0_husk".into(),
         tap_ifindex: 3,
+        cni_txqlen: None,
     };
     detach(&rec).unwrap();
     // A namespace file left behind after its unmount is a plain file: nothing to detach
@@ -445,6 +446,7 @@ fn record_serialises() {
         cni_name: "eth0".into(),
         tap_name: "tap0_husk".into(),
         tap_ifindex: 4,
+        cni_txqlen: Some(0),
     };
     let text = serde_json::to_string(&rec).unwrap();
     assert_eq!(
