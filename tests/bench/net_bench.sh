@@ -31,6 +31,14 @@ for ns in $NS; do
   ip[$ns]=$(cni "$ns" ADD)
 done
 inns() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
+# Waits until something listens on TCP port $2 in namespace $1 (python starts slowly here).
+wait_listen() {
+  for _ in $(seq 100); do
+    ip netns exec "$1" ss -ltn 2>/dev/null | grep -q ":$2 " && return 0
+    sleep 0.2
+  done
+  echo "nothing listens on port $2 in $1" >&2; return 1
+}
 
 # Pod start: `ctr run --rm busybox true` with a CNI namespace and with a new empty one.
 one() {
@@ -64,14 +72,14 @@ done
 sleep 2
 to_pod=$(inns husk-nb-peer python3 "$PROBE" send "$pod" 5001 "$MIB")
 # pod -> peer: the peer's sink times from the first byte to the end.
-inns husk-nb-peer python3 "$PROBE" sink 5002 > "$WORK/from_pod" &
-sleep 1
+inns husk-nb-peer python3 "$PROBE" sink 5002 "$MIB" > "$WORK/from_pod" &
+wait_listen husk-nb-peer 5002
 $CTR task exec --exec-id send1 nb sh -c "dd if=/dev/zero bs=65536 count=$((MIB * 16)) 2>/dev/null | nc $peer 5002" </dev/null
 wait
 from_pod=$(cat "$WORK/from_pod")
 # The same between two plain namespaces on the bridge.
-inns husk-nb-a python3 "$PROBE" sink 5001 > "$WORK/veth_ab" &
-sleep 1
+inns husk-nb-a python3 "$PROBE" sink 5001 "$MIB" > "$WORK/veth_ab" &
+wait_listen husk-nb-a 5001
 inns husk-nb-b python3 "$PROBE" send "$a" 5001 "$MIB" > /dev/null
 wait
 veth=$(cat "$WORK/veth_ab")

@@ -2,7 +2,7 @@
 """Small network probes for tests/bench/net_bench.sh, run inside a namespace:
 
   net_probe.py send HOST PORT MIB   send MIB MiB over one TCP connection; print MiB/s
-  net_probe.py sink PORT            accept one connection, read it to EOF; print MiB/s
+  net_probe.py sink PORT MIB        accept one connection, read MIB MiB (or to EOF); print MiB/s
   net_probe.py rtt HOST PORT N      N HTTP GETs, one connection each; print the median in ms
 """
 import http.client
@@ -32,7 +32,7 @@ def send(host, port, mib):
     print(f"{mib / elapsed:.1f}")
 
 
-def sink(port):
+def sink(port, mib):
     ls = socket.socket()
     ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     ls.bind(("0.0.0.0", port))
@@ -41,7 +41,8 @@ def sink(port):
     c, _ = ls.accept()
     got = 0
     start = None
-    while True:
+    # busybox nc does not half-close at the end of its input: stop at the size agreed on.
+    while got < mib << 20:
         d = c.recv(1 << 20)
         if not d:
             break
@@ -70,7 +71,7 @@ if __name__ == "__main__":
     if cmd == "send":
         send(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
     elif cmd == "sink":
-        sink(int(sys.argv[2]))
+        sink(int(sys.argv[2]), int(sys.argv[3]))
     elif cmd == "rtt":
         rtt(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
     else:
