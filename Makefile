@@ -13,7 +13,7 @@ APT_PACKAGES := qemu-system-x86 busybox-static cpio linux-source-6.1 bison flex 
 	xz-utils lz4 file python3 gcc libc6-dev containerd runc containernetworking-plugins iproute2 libseccomp-dev
 
 .PHONY: all deps build agent guest-image kernel initramfs demo test unit-test integration-test \
-	bench fuzz fuzz-smoke fmt clippy lint clean install install-files uninstall
+	bench netprobe fuzz fuzz-smoke fmt clippy lint clean install install-files uninstall
 
 all: build guest-image
 
@@ -39,6 +39,11 @@ agent:
 	RUSTFLAGS="-C target-feature=+crt-static" LIBSECCOMP_LINK_TYPE=static \
 		LIBSECCOMP_LIB_PATH=$(LIBSECCOMP_LIB_PATH) \
 		$(CARGO) build --release -p husk-agent --target $(AGENT_TARGET)
+
+# make bench's network probe, static like the agent so that it also runs in a guest container.
+NETPROBE_BIN := target/$(AGENT_TARGET)/release/husk-netprobe
+netprobe:
+	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release -p husk-netprobe --target $(AGENT_TARGET)
 
 kernel:
 	guest-image/build-kernel.sh $(GUEST_DIR)/vmlinux
@@ -88,7 +93,7 @@ integration-test:
 	@rc=0; $(CARGO) test --release -p husk-integration -- --test-threads=1 || rc=$$?; \
 	tests/retry-summary.sh || rc=1; exit $$rc
 
-bench: deps build guest-image
+bench: deps build netprobe guest-image
 	tests/bench/boot.sh
 
 # Coverage-guided fuzzing of the VMM's guest-facing parsers (fuzz/): builds the targets with
