@@ -6,7 +6,7 @@
 //! ```text
 //! husk-netprobe send HOST PORT MIB   send MIB MiB on one connection; print MiB/s once the peer has it all
 //!                                    (waits up to 30 s for the sink to listen)
-//! husk-netprobe sink PORT MIB        accept one connection, read MIB MiB, close; print MiB/s
+//! husk-netprobe sink PORT MIB        accept one connection (within 60 s), read MIB MiB, close; print MiB/s
 //! husk-netprobe rtt HOST PORT N      N HTTP GETs of /, a connection each; print the median in ms
 //! ```
 
@@ -41,7 +41,9 @@ fn main() -> ExitCode {
         ["send", host, port, mib] => send(host, num(port, "PORT"), num(mib, "MIB")),
         ["sink", port, mib] => sink(num(port, "PORT"), num(mib, "MIB")),
         ["rtt", host, port, n] => rtt(host, num(port, "PORT"), num(n, "N")),
-        _ => Err("usage: husk-netprobe send HOST PORT MIB | sink PORT MIB | rtt HOST PORT N".into()),
+        _ => {
+            Err("usage: husk-netprobe send HOST PORT MIB | sink PORT MIB | rtt HOST PORT N".into())
+        }
     };
     match result {
         Ok(line) => {
@@ -123,9 +125,22 @@ fn sink(port: u16, mib: u64) -> Result<String, String> {
     let listener =
         TcpListener::bind(("::", port)).or_else(|_| TcpListener::bind(("0.0.0.0", port)));
     let listener = listener.map_err(|e| format!("cannot listen on port {port}: {e}"))?;
-    let (mut c, peer) = listener
-        .accept()
-        .map_err(|e| format!("accept on port {port}: {e}"))?;
+    // Nobody connecting within the stall time ends the probe too.
+    listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+    let deadline = Instant::now() + STALL;
+    let (mut c, peer) = loop {
+        match listener.accept() {
+            Ok(accepted) => break accepted,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                return Err(format!("nobody connected to port {port} in {STALL:?}"))
+            }
+            Err(e) => return Err(format!("accept on port {port}: {e}")),
+        }
+    };
+    c.set_nonblocking(false).map_err(|e| e.to_string())?;
     c.set_read_timeout(Some(STALL)).map_err(|e| e.to_string())?;
     let total = mib << 20;
     let mut buf = vec![0u8; CHUNK];
