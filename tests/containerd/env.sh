@@ -496,13 +496,24 @@ husk_task_stopped() {
 }
 
 # cni NETNS ADD|DEL: CNI's bridge plugin with host-local IPAM on the namespace
-# /var/run/netns/NETNS, as containerd's CRI runs it for a pod; ADD prints the address it gave.
+# /var/run/netns/NETNS, as containerd's CRI runs it for a pod; ADD prints the (IPv4) address it
+# gave. With CNI_IPV6=1 the network is dual-stack (fd77::/64 beside 10.77.0.0/24, a default
+# route for each), as a dual-stack cluster's CNI makes it; use the same setting for DEL.
 cni() {
-  local conf
-  conf=$(printf '{"cniVersion":"1.0.0","name":"husk-test","type":"bridge","bridge":"husk-br0","isGateway":true,"ipMasq":false,"ipam":{"type":"host-local","ranges":[[{"subnet":"10.77.0.0/24"}]],"routes":[{"dst":"0.0.0.0/0"}],"dataDir":"%s/cni-ipam"}}' "${WORK:?}")
+  local conf ranges='[[{"subnet":"10.77.0.0/24"}]' routes='[{"dst":"0.0.0.0/0"}'
+  if [ "${CNI_IPV6:-0}" = 1 ]; then
+    ranges="$ranges,"'[{"subnet":"fd77::/64"}]' routes="$routes,"'{"dst":"::/0"}'
+  fi
+  conf=$(printf '{"cniVersion":"1.0.0","name":"husk-test","type":"bridge","bridge":"husk-br0","isGateway":true,"ipMasq":false,"ipam":{"type":"host-local","ranges":%s],"routes":%s],"dataDir":"%s/cni-ipam"}}' \
+    "$ranges" "$routes" "${WORK:?}")
   echo "$conf" | CNI_COMMAND=$2 CNI_CONTAINERID=$1 CNI_NETNS=/var/run/netns/$1 CNI_IFNAME=eth0 \
     CNI_PATH=/usr/lib/cni /usr/lib/cni/bridge |
     python3 -c 'import json,sys; r=sys.stdin.read().strip(); print(json.loads(r)["ips"][0]["address"].split("/")[0] if r else "")'
+}
+
+# The global IPv6 address CNI gave namespace $1's eth0.
+cni_ipv6() {
+  ip -n "$1" -6 -o addr show dev eth0 scope global | awk '{sub("/.*", "", $4); print $4; exit}'
 }
 
 # What the pod namespace holds: links (without counters) and qdiscs.

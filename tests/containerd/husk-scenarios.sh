@@ -397,10 +397,12 @@ s_network() {
   # A pod namespace prepared the way CRI does it: the container gets the pod's IP, a peer on the
   # same bridge reaches its server and the other way round, and delete leaves the veth as CNI
   # made it.
+  # The network is dual-stack: the pod's IPv6 address and route reach the guest as well.
   ip netns add husk-pod1 && ip netns add husk-peer && ip netns add husk-busy || return 1
-  local pod_ip peer_ip before after sleeper
-  pod_ip=$(cni husk-pod1 ADD) peer_ip=$(cni husk-peer ADD)
-  echo "cni: pod $pod_ip peer $peer_ip"
+  local pod_ip peer_ip pod_ip6 before after sleeper
+  pod_ip=$(CNI_IPV6=1 cni husk-pod1 ADD) peer_ip=$(CNI_IPV6=1 cni husk-peer ADD)
+  pod_ip6=$(cni_ipv6 husk-pod1)
+  echo "cni: pod $pod_ip $pod_ip6 peer $peer_ip"
   before=$(netns_state husk-pod1)
   mkdir -p "$WORK/www" && echo hello-from-peer > "$WORK/www/index.html"
   ip netns exec husk-peer python3 -m http.server 8081 --bind "$peer_ip" --directory "$WORK/www" \
@@ -411,6 +413,9 @@ s_network() {
     </dev/null || return 1
   echo "guest addresses: $(tmo $CTR task exec --exec-id a net1 ip -o -4 addr show eth0 </dev/null | awk '{print $4}')"
   echo "guest route: $(tmo $CTR task exec --exec-id r net1 ip route show default </dev/null)"
+  echo "guest ipv6: $(tmo $CTR task exec --exec-id a6 net1 ip -o -f inet6 addr show eth0 </dev/null |
+    awk '$6 == "global" {print $4}') route: $(tmo $CTR task exec --exec-id r6 net1 ip -f inet6 route show default </dev/null |
+    awk '{print $1, $2, $3}')"
   echo "guest mtu: $(tmo $CTR task exec --exec-id m net1 cat /sys/class/net/eth0/mtu </dev/null)"
   # GET URL from the peer namespace: the body, or the error.
   peer_get() {
@@ -426,6 +431,7 @@ except OSError as e:
     sleep 1
   done
   echo "peer to pod: $(peer_get "http://$pod_ip:8080/")"
+  echo "peer to pod over ipv6: $(peer_get "http://[$pod_ip6]:8080/")"
   for _ in $(seq 30); do
     [ "$(peer_get "http://$peer_ip:8081/")" = hello-from-peer ] && break
     sleep 1
@@ -460,7 +466,7 @@ print(ok)' "$pod_ip")"
   $CTR container delete net3 2>/dev/null
   kill "$sleeper"
   kill "$peer_server"
-  cni husk-pod1 DEL >/dev/null; cni husk-peer DEL >/dev/null
+  CNI_IPV6=1 cni husk-pod1 DEL >/dev/null; CNI_IPV6=1 cni husk-peer DEL >/dev/null
   ip netns del husk-pod1; ip netns del husk-peer; ip netns del husk-busy
   ip link del husk-br0 2>/dev/null
   return 0

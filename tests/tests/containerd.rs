@@ -435,6 +435,24 @@ fn a_pod_namespace_prepared_by_cni_is_the_guests_network() {
         s.output
     );
     assert_eq!(s.after("guest mtu: "), "1500", "{}", s.output);
+    // And, the network being dual-stack, its IPv6 address and default route.
+    let pod_ip6 = cni
+        .split_whitespace()
+        .nth(2)
+        .filter(|a| a.starts_with("fd77:"))
+        .unwrap_or_else(|| panic!("no CNI IPv6 address:\n{}", s.output));
+    let guest6 = s.after("guest ipv6: ");
+    assert!(
+        guest6.starts_with(&format!("{pod_ip6}/64 route: default via fd77::1")),
+        "{}",
+        s.output
+    );
+    assert_eq!(
+        s.after("peer to pod over ipv6: "),
+        "hello-from-pod",
+        "{}",
+        s.output
+    );
     // Traffic both ways through the bridge, and the gateway.
     assert_eq!(s.after("peer to pod: "), "hello-from-pod", "{}", s.output);
     assert_eq!(s.after("pod to peer: "), "hello-from-peer", "{}", s.output);
