@@ -5,6 +5,7 @@
 //!   `io::Error`s that carry the kernel's errno and extended-ack text ([`KernelError`],
 //!   [`errno`]).
 //! - [`link`]: links (network interfaces) read, found, renamed, set up or down, deleted.
+//! - [`route`]: routes read, with the attributes the shim and the agent look at.
 //! - [`netns`]: work run on a thread that has entered another network namespace.
 //!
 //! The messages themselves are `netlink-packet-route`'s: callers build addresses, routes,
@@ -13,6 +14,7 @@
 mod client;
 pub mod link;
 pub mod netns;
+pub mod route;
 
 pub use self::client::{errno, KernelError, Netlink};
 
