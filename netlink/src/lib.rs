@@ -18,5 +18,6 @@ pub mod route;
 
 pub use self::client::{errno, KernelError, Netlink};
 
-#[cfg(test)]
-mod test_ns;
+/// For the tests of this crate and, with the `test-support` feature, the agent's.
+#[cfg(any(test, feature = "test-support"))]
+pub mod test_ns;
