@@ -5,6 +5,7 @@
 //!   `io::Error`s that carry the kernel's errno and extended-ack text ([`KernelError`],
 //!   [`errno`]).
 //! - [`link`]: links (network interfaces) read, found, renamed, set up or down, deleted.
+//! - [`route`]: routes read, with the attributes the shim and the agent look at.
 //! - [`netns`]: work run on a thread that has entered another network namespace.
 //!
 //! The messages themselves are `netlink-packet-route`'s: callers build addresses, routes,
@@ -13,8 +14,10 @@
 mod client;
 pub mod link;
 pub mod netns;
+pub mod route;
 
 pub use self::client::{errno, KernelError, Netlink};
 
-#[cfg(test)]
-mod test_ns;
+/// For the tests of this crate and, with the `test-support` feature, the agent's.
+#[cfg(any(test, feature = "test-support"))]
+pub mod test_ns;

@@ -17,12 +17,13 @@ use std::sync::Mutex;
 
 use husk_agent_protocol::agent::{ARPNeighbor, Interface, Route};
 use husk_netlink::link::{self, Link};
+use husk_netlink::route;
 use husk_netlink::Netlink;
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE};
 use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
 use netlink_packet_route::neighbour::{NeighbourAttribute, NeighbourMessage, NeighbourState};
 use netlink_packet_route::route::{
-    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
+    RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
@@ -328,60 +329,31 @@ fn add_route(nl: &mut Netlink, route: &RouteConfig, index: u32) -> io::Result<()
 
 /// The unicast routes of the main table through `devices`, as Route messages.
 fn routes_of(nl: &mut Netlink, devices: &BTreeMap<String, u32>) -> Result<Vec<Route>> {
-    let all = nl
-        .dump(RouteNetlinkMessage::GetRoute(RouteMessage::default()))
-        .map_err(kernel("list the routes"))?;
+    let all = route::list(nl).map_err(kernel("list the routes"))?;
     let names: BTreeMap<u32, &String> = devices.iter().map(|(name, i)| (*i, name)).collect();
     let mut out = Vec::new();
-    for message in &all {
-        let RouteNetlinkMessage::NewRoute(r) = message else {
-            continue;
-        };
-        let mut table = u32::from(r.header.table);
-        let mut oif = None;
-        let mut dest = None;
-        let mut gateway = None;
-        let mut source = None;
-        for attribute in &r.attributes {
-            match attribute {
-                RouteAttribute::Table(t) => table = *t,
-                RouteAttribute::Oif(i) => oif = Some(*i),
-                RouteAttribute::Destination(a) => dest = ip(a),
-                RouteAttribute::Gateway(a) => gateway = ip(a),
-                RouteAttribute::PrefSource(a) => source = ip(a),
-                _ => {}
-            }
-        }
-        if table != u32::from(RouteHeader::RT_TABLE_MAIN) || r.header.kind != RouteType::Unicast {
+    for r in &all {
+        if !r.is_main_unicast() {
             continue;
         }
-        let Some(device) = oif.and_then(|i| names.get(&i)) else {
+        let Some(device) = r.oif.and_then(|i| names.get(&i)) else {
             continue;
         };
-        let len = r.header.destination_prefix_length;
-        let dest = match dest {
-            Some(addr) if len > 0 => parse::prefix_text(addr, len),
+        let dest = match r.dst {
+            Some(addr) if r.dst_len > 0 => parse::prefix_text(addr, r.dst_len),
             _ => String::new(),
         };
         let text = |a: Option<IpAddr>| a.map(|a| a.to_string()).unwrap_or_default();
         out.push(Route {
             dest,
-            gateway: text(gateway),
+            gateway: text(r.gateway),
             device: (*device).clone(),
-            source: text(source),
-            scope: u32::from(u8::from(r.header.scope)),
+            source: text(r.source),
+            scope: u32::from(u8::from(r.scope)),
             ..Default::default()
         });
     }
     Ok(out)
-}
-
-fn ip(a: &RouteAddress) -> Option<IpAddr> {
-    match a {
-        RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
-        RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
-        _ => None,
-    }
 }
 
 /// AddARPNeighbors: a permanent neighbour entry for each (ARP for IPv4, NDP for IPv6),

@@ -1,14 +1,14 @@
 //! On the real kernel, as root, each test in a network namespace of its own where a veth with a
 //! chosen MAC stands in for the guest's virtio-net device. The functions under test act on the
-//! calling thread's namespace, so they run on a thread that has entered the test's.
+//! calling thread's namespace, so they run on a thread that has entered the test's
+//! (husk-netlink's `TestNs`).
 
-use std::fs::File;
-use std::os::fd::AsFd;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 
 use husk_agent_protocol::agent::{ARPNeighbor, Interface, Route};
 use husk_agent_protocol::ttrpc::{self, Code};
+use husk_netlink::test_ns::TestNs;
 use serde_json::Value;
 
 use super::parse::{MAX_ADDRESSES, MAX_NEIGHBOURS, MAX_ROUTES};
@@ -18,26 +18,18 @@ use crate::rpc::rpc_error;
 const MAC: &str = "02:00:00:00:88:02";
 const PEER_MAC: &str = "02:00:00:00:88:01";
 
-/// Namespace `husk-agent-<pid>-<tag>`, deleted on drop, also when the test fails.
-struct TestNs {
-    name: String,
+/// What these tests add to husk-netlink's `TestNs`.
+trait NsExt {
+    /// `ip -j -n <ns> args...`, parsed.
+    fn json(&self, args: &[&str]) -> Value;
+    /// A veth end `dev` with MAC `mac`, down, as the guest's kernel leaves a virtio-net device;
+    /// its peer is up, so the link has a carrier once `dev` is up.
+    fn add_nic(&self, dev: &str, mac: &str);
+    /// Link `dev` with its addresses, as `ip -j addr show` gives it.
+    fn link(&self, dev: &str) -> Value;
 }
 
-impl TestNs {
-    fn new(tag: &str) -> TestNs {
-        let name = format!("husk-agent-{}-{tag}", std::process::id());
-        let _ = Command::new("ip").args(["netns", "del", &name]).output();
-        run_ip(&["netns", "add", &name]);
-        TestNs { name }
-    }
-
-    fn ip(&self, args: &[&str]) {
-        let mut all = vec!["-n", self.name.as_str()];
-        all.extend_from_slice(args);
-        run_ip(&all);
-    }
-
-    /// `ip -j -n <ns> args...`, parsed.
+impl NsExt for TestNs {
     fn json(&self, args: &[&str]) -> Value {
         let out = Command::new("ip")
             .args(["-j", "-n", &self.name])
@@ -51,20 +43,12 @@ impl TestNs {
         serde_json::from_slice(&out.stdout).expect("ip -j prints JSON")
     }
 
-    /// A veth end `dev` with MAC `mac`, down, as the guest's kernel leaves a virtio-net device;
-    /// its peer is up, so the link has a carrier once `dev` is up.
     fn add_nic(&self, dev: &str, mac: &str) {
         let peer = format!("{dev}p");
         self.ip(&[
             "link", "add", dev, "address", mac, "type", "veth", "peer", "name", &peer,
         ]);
         self.ip(&["link", "set", &peer, "up"]);
-    }
-
-    /// Runs `work` on a thread inside the namespace.
-    fn run<T: Send>(&self, work: impl FnOnce() -> T + Send) -> T {
-        let file = File::open(format!("/var/run/netns/{}", self.name)).expect("open the netns");
-        husk_netlink::netns::run_in(file.as_fd(), work).expect("enter the netns")
     }
 
     fn link(&self, dev: &str) -> Value {
@@ -77,24 +61,6 @@ impl TestNs {
             .cloned()
             .unwrap_or_else(|| panic!("no {dev} in {links:#}"))
     }
-}
-
-impl Drop for TestNs {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output();
-    }
-}
-
-fn run_ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("run ip");
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 fn eth0_request() -> Interface {

@@ -4,14 +4,13 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use husk_netlink::link::{self, Link};
+use husk_netlink::route::{self, Route};
 use husk_netlink::Netlink;
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState,
 };
-use netlink_packet_route::route::{
-    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteType,
-};
+use netlink_packet_route::route::RouteProtocol;
 use netlink_packet_route::RouteNetlinkMessage;
 
 use super::{tap, CniInterface, GuestInterface, GuestNeighbour, GuestRoute, IpPrefix};
@@ -27,9 +26,7 @@ pub(super) fn interfaces(
     let addresses = nl
         .dump(RouteNetlinkMessage::GetAddress(AddressMessage::default()))
         .map_err(|e| op("list the addresses", e))?;
-    let routes = nl
-        .dump(RouteNetlinkMessage::GetRoute(RouteMessage::default()))
-        .map_err(|e| op("list the routes", e))?;
+    let routes = route::list(nl).map_err(|e| op("list the routes", e))?;
     let neighbours = nl
         .dump(RouteNetlinkMessage::GetNeighbour(
             NeighbourMessage::default(),
@@ -123,57 +120,31 @@ fn addresses_of(link: &Link, all: &[RouteNetlinkMessage]) -> Vec<IpPrefix> {
 /// - other tables (local, the kernel's broadcast and local routes), other route types
 ///   (blackhole, unreachable...), routes of other interfaces, and multipath, `via` and
 ///   encapsulated routes, which a guest route cannot express.
-fn routes_of(link: &Link, addresses: &[IpPrefix], all: &[RouteNetlinkMessage]) -> Vec<GuestRoute> {
+fn routes_of(link: &Link, addresses: &[IpPrefix], all: &[Route]) -> Vec<GuestRoute> {
     let mut out = Vec::new();
-    for message in all {
-        let RouteNetlinkMessage::NewRoute(r) = message else {
-            continue;
-        };
-        let mut table = u32::from(r.header.table);
-        let mut oif = None;
-        let mut destination = None;
-        let mut gateway = None;
-        let mut source = None;
-        let mut inexpressible = false;
-        for attribute in &r.attributes {
-            match attribute {
-                RouteAttribute::Table(t) => table = *t,
-                RouteAttribute::Oif(i) => oif = Some(*i),
-                RouteAttribute::Destination(a) => destination = ip(a),
-                RouteAttribute::Gateway(a) => gateway = ip(a),
-                RouteAttribute::PrefSource(a) => source = ip(a),
-                RouteAttribute::MultiPath(_)
-                | RouteAttribute::Via(_)
-                | RouteAttribute::Encap(_)
-                | RouteAttribute::EncapType(_) => inexpressible = true,
-                _ => {}
-            }
-        }
-        if table != u32::from(RouteHeader::RT_TABLE_MAIN)
-            || r.header.kind != RouteType::Unicast
-            || oif != Some(link.index)
-        {
+    for r in all {
+        if !r.is_main_unicast() || r.oif != Some(link.index) {
             continue;
         }
-        let dest = match (destination, r.header.destination_prefix_length) {
+        let dest = match (r.dst, r.dst_len) {
             (_, 0) => None,
             (Some(addr), prefix_len) => Some(IpPrefix { addr, prefix_len }),
             (None, _) => continue,
         };
-        if inexpressible {
+        if r.complex_next_hop {
             tracing::debug!(iface = %link.name, ?dest, "skipping a multipath, via or encap route");
             continue;
         }
-        if r.header.protocol == RouteProtocol::Kernel
+        if r.protocol == RouteProtocol::Kernel
             && dest.is_some_and(|d| derived_from_addresses(d, addresses))
         {
             continue;
         }
         out.push(GuestRoute {
             dest,
-            gateway,
-            source,
-            scope: u8::from(r.header.scope),
+            gateway: r.gateway,
+            source: r.source,
+            scope: u8::from(r.scope),
             device: link.name.clone(),
         });
     }
@@ -220,14 +191,6 @@ fn neighbours_of(link: &Link, all: &[RouteNetlinkMessage]) -> Vec<GuestNeighbour
         }
     }
     out
-}
-
-fn ip(a: &RouteAddress) -> Option<IpAddr> {
-    match a {
-        RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
-        RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
-        _ => None,
-    }
 }
 
 fn is_ipv6_link_local(addr: IpAddr) -> bool {
