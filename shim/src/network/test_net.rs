@@ -164,12 +164,25 @@ impl TestNet {
         panic!("the test veth did not come up");
     }
 
-    /// The pod namespace's links and qdiscs, as `ip` and `tc` show them.
+    /// The pod namespace's links and qdiscs, as `ip` and `tc` show them. Taken once every
+    /// link with a carrier has its operational state: the kernel sets that a moment after the
+    /// carrier (linkwatch), so a link just brought up would otherwise compare unequal later.
     pub fn snapshot(&self) -> (Value, Value) {
-        (
-            json(Command::new("ip").args(["-j", "-n", &self.pod, "link", "show"])),
-            self.qdiscs(),
-        )
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let links = loop {
+            let links = json(Command::new("ip").args(["-j", "-n", &self.pod, "link", "show"]));
+            let settled = links.as_array().unwrap().iter().all(|l| {
+                let carrier = l["flags"]
+                    .as_array()
+                    .is_some_and(|f| f.iter().any(|f| f == "LOWER_UP"));
+                !carrier || l["operstate"] == "UP" || l["operstate"] == "UNKNOWN"
+            });
+            if settled || Instant::now() > deadline {
+                break links;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        (links, self.qdiscs())
     }
 
     pub fn qdiscs(&self) -> Value {
