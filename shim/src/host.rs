@@ -102,11 +102,12 @@ impl HostSandbox {
         SandboxStorage::open(&self.dir).ok()
     }
 
+    /// The VM to boot, from `configuration.toml`, and the configured internetworking model.
     fn vm_config(
         &self,
         storage: &SandboxStorage,
         cgroup_procs: Option<PathBuf>,
-    ) -> Result<VmConfig> {
+    ) -> Result<(VmConfig, NetworkModel)> {
         let cfg = crate::config::load(self.config_path.as_deref())?;
         for w in &cfg.warnings {
             tracing::warn!("{w}");
@@ -143,7 +144,7 @@ impl HostSandbox {
         if hv.enable_debug || cfg.runtime.enable_debug {
             params.push_str(" agent.log=debug");
         }
-        Ok(VmConfig {
+        let config = VmConfig {
             vmm,
             kernel,
             initrd,
@@ -161,7 +162,8 @@ impl HostSandbox {
             fs_all_xattrs: false,
             cgroup_procs,
             net: Vec::new(),
-        })
+        };
+        Ok((config, cfg.runtime.internetworking_model))
     }
 
     /// Connects the VM to the pod's namespace `netns`: a tap beside each CNI interface, joined
@@ -228,10 +230,7 @@ impl HostSandbox {
         if cgroup_procs.is_none() {
             tracing::warn!("no cgroup v2 hierarchy: the VMM stays in the shim's cgroup");
         }
-        let mut config = self.vm_config(&storage, cgroup_procs)?;
-        let model = crate::config::load(self.config_path.as_deref())?
-            .runtime
-            .internetworking_model;
+        let (mut config, model) = self.vm_config(&storage, cgroup_procs)?;
         // The taps stay open here until the VMM holds them; then they live as long as it does.
         let taps = match (netns, model) {
             (Some(ns), NetworkModel::TcFilter) => self.attach_network(ns)?,
