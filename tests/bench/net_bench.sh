@@ -83,18 +83,27 @@ wait_listen husk-nb-a 8080
 
 # Every transfer is timed by its sender, from the first byte sent until the sink, having read
 # everything, closes.
+# The tap's counters: frames the VMM wrote for the guest (rx) and read for it (tx).
+tapstat() { inns husk-nb-pod cat "/sys/class/net/tap0_husk/statistics/$1"; }
+avg_frame() { # DIR: mean frame size over the last transfer, from counters taken before it
+  echo $((($(tapstat "$1_bytes") - $2) / ($(tapstat "$1_packets") - $3 > 0 ? $(tapstat "$1_packets") - $3 : 1)))
+}
 # peer -> pod: the sink runs in the guest.
+tx0=$(tapstat tx_bytes) txp0=$(tapstat tx_packets)
 ing /probe/husk-netprobe sink 5001 "$MIB" >/dev/null &
 sink=$!
 wait_listen_guest 5001
 to_pod=$(inns husk-nb-peer "$PROBE" send "$pod" 5001 "$MIB")
 wait $sink
+to_pod_frame=$(avg_frame tx "$tx0" "$txp0")
+rx0=$(tapstat rx_bytes) rxp0=$(tapstat rx_packets)
 # pod -> peer: the sink runs in the peer namespace, the sender in the guest.
 inns husk-nb-peer "$PROBE" sink 5002 "$MIB" >/dev/null &
 sink=$!
 wait_listen husk-nb-peer 5002
 from_pod=$(ing /probe/husk-netprobe send "$peer" 5002 "$MIB")
 wait $sink
+from_pod_frame=$(avg_frame rx "$rx0" "$rxp0")
 # The same between two plain namespaces on the bridge, both ways.
 inns husk-nb-a "$PROBE" sink 5001 "$MIB" >/dev/null &
 sink=$!
@@ -118,6 +127,9 @@ echo "|---|---|---|---|"
 echo "| TCP peer -> pod (MiB/s) | $to_pod | $veth_ab (b -> a) | $(ratio "$to_pod" "$veth_ab") |"
 echo "| TCP pod -> peer (MiB/s) | $from_pod | $veth_ba (a -> b) | $(ratio "$from_pod" "$veth_ba") |"
 echo "| HTTP request round trip, new connection each, median of 200 (ms) | $rtt_pod | $rtt_veth | $(ratio "$rtt_pod" "$rtt_veth") |"
+echo
+echo "Mean frame on the tap (virtio-net offloads: more than the 1500-byte MTU means TCP segments"
+echo "travel whole between guest and host): peer -> pod ${to_pod_frame} bytes, pod -> peer ${from_pod_frame} bytes"
 echo
 echo "Pod start, ctr run --rm busybox true, median of 3: with a CNI namespace $(median3 "${with[@]}") ms," \
   "with a new empty namespace $(median3 "${without[@]}") ms"
