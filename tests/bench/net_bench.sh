@@ -83,27 +83,35 @@ wait_listen husk-nb-a 8080
 
 # Every transfer is timed by its sender, from the first byte sent until the sink, having read
 # everything, closes.
-# The tap's counters: frames the VMM wrote for the guest (rx) and read for it (tx).
-tapstat() { inns husk-nb-pod cat "/sys/class/net/tap0_husk/statistics/$1"; }
-avg_frame() { # DIR: mean frame size over the last transfer, from counters taken before it
-  echo $((($(tapstat "$1_bytes") - $2) / ($(tapstat "$1_packets") - $3 > 0 ? $(tapstat "$1_packets") - $3 : 1)))
+# The tap's counters as "BYTES PACKETS": rx counts the frames the VMM wrote (the guest's),
+# tx the frames the VMM read (for the guest).
+tap_counters() {
+  local d=/sys/class/net/tap0_husk/statistics/$1
+  echo $(inns husk-nb-pod cat "${d}_bytes" "${d}_packets")
+}
+# The mean frame size on the tap in direction $1 since the counters $2 were taken.
+mean_frame() {
+  local b0 p0 b1 p1
+  read -r b0 p0 <<<"$2"
+  read -r b1 p1 <<<"$(tap_counters "$1")"
+  echo $(((b1 - b0) / (p1 > p0 ? p1 - p0 : 1)))
 }
 # peer -> pod: the sink runs in the guest.
-tx0=$(tapstat tx_bytes) txp0=$(tapstat tx_packets)
+tx0=$(tap_counters tx)
 ing /probe/husk-netprobe sink 5001 "$MIB" >/dev/null &
 sink=$!
 wait_listen_guest 5001
 to_pod=$(inns husk-nb-peer "$PROBE" send "$pod" 5001 "$MIB")
 wait $sink
-to_pod_frame=$(avg_frame tx "$tx0" "$txp0")
-rx0=$(tapstat rx_bytes) rxp0=$(tapstat rx_packets)
+to_pod_frame=$(mean_frame tx "$tx0")
+rx0=$(tap_counters rx)
 # pod -> peer: the sink runs in the peer namespace, the sender in the guest.
 inns husk-nb-peer "$PROBE" sink 5002 "$MIB" >/dev/null &
 sink=$!
 wait_listen husk-nb-peer 5002
 from_pod=$(ing /probe/husk-netprobe send "$peer" 5002 "$MIB")
 wait $sink
-from_pod_frame=$(avg_frame rx "$rx0" "$rxp0")
+from_pod_frame=$(mean_frame rx "$rx0")
 # The same between two plain namespaces on the bridge, both ways.
 inns husk-nb-a "$PROBE" sink 5001 "$MIB" >/dev/null &
 sink=$!
