@@ -39,15 +39,6 @@ done
 inns() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
 # Runs a command in the pod's container.
 ing() { $CTR task exec --exec-id "nb$RANDOM" nb "$@" </dev/null; }
-# Waits until something listens on TCP port $2 in namespace $1.
-wait_listen() {
-  for _ in $(seq 100); do
-    inns "$1" ss -ltn 2>/dev/null | grep -q ":$2 " && return 0
-    sleep 0.2
-  done
-  echo "net_bench: nothing listens on port $2 in $1" >&2
-  return 1
-}
 # The same in the pod's guest.
 wait_listen_guest() {
   for _ in $(seq 60); do
@@ -79,7 +70,7 @@ $CTR run --runtime io.containerd.kata.v2 -d --with-ns network:/var/run/netns/hus
   sh -c 'echo hello > /tmp/index.html && exec httpd -f -p 8080 -h /tmp' </dev/null
 inns husk-nb-a busybox httpd -p 8080 -h "$WORK/www"
 pod=${ip[husk-nb-pod]} peer=${ip[husk-nb-peer]} a=${ip[husk-nb-a]} b=${ip[husk-nb-b]}
-wait_listen husk-nb-a 8080
+netns_wait_listen husk-nb-a 8080
 
 # Every transfer is timed by its sender, from the first byte sent until the sink, having read
 # everything, closes.
@@ -108,19 +99,19 @@ rx0=$(tap_counters rx)
 # pod -> peer: the sink runs in the peer namespace, the sender in the guest.
 inns husk-nb-peer "$PROBE" sink 5002 "$MIB" >/dev/null &
 sink=$!
-wait_listen husk-nb-peer 5002
+netns_wait_listen husk-nb-peer 5002
 from_pod=$(ing /probe/husk-netprobe send "$peer" 5002 "$MIB")
 wait $sink
 from_pod_frame=$(mean_frame rx "$rx0")
 # The same between two plain namespaces on the bridge, both ways.
 inns husk-nb-a "$PROBE" sink 5001 "$MIB" >/dev/null &
 sink=$!
-wait_listen husk-nb-a 5001
+netns_wait_listen husk-nb-a 5001
 veth_ab=$(inns husk-nb-b "$PROBE" send "$a" 5001 "$MIB")
 wait $sink
 inns husk-nb-b "$PROBE" sink 5002 "$MIB" >/dev/null &
 sink=$!
-wait_listen husk-nb-b 5002
+netns_wait_listen husk-nb-b 5002
 veth_ba=$(inns husk-nb-a "$PROBE" send "$b" 5002 "$MIB")
 wait $sink
 rtt_pod=$(inns husk-nb-peer "$PROBE" rtt "$pod" 8080 200)

@@ -516,6 +516,16 @@ cni_ipv6() {
   ip -n "$1" -6 -o addr show dev eth0 scope global | awk '{sub("/.*", "", $4); print $4; exit}'
 }
 
+# netns_wait_listen NETNS PORT: waits (up to 30 s) until something listens on TCP PORT in NETNS.
+netns_wait_listen() {
+  for _ in $(seq 100); do
+    ip netns exec "$1" ss -ltn 2>/dev/null | grep -q ":$2 " && return 0
+    sleep 0.3
+  done
+  echo "nothing listens on port $2 in $1" >&2
+  return 1
+}
+
 # What the pod namespace holds: links (without counters) and qdiscs.
 netns_state() {
   ip -n "$1" -o link show | sed 's/ *link\/ether.*//' | sort

@@ -434,10 +434,7 @@ except OSError as e:
   echo "peer to pod over ipv6: $(peer_get "http://[$pod_ip6]:8080/")"
   # Wait for the peer's server to listen (a GET of it from its own namespace timed out in the
   # test host every time, for 30 x 10 s, though the pod's request below is answered).
-  for _ in $(seq 100); do
-    ip netns exec husk-peer ss -ltn | grep -q ":8081 " && break
-    sleep 0.3
-  done
+  netns_wait_listen husk-peer 8081
   # Debian's static busybox wget crashes (its static glibc resolver); nc speaks HTTP well enough.
   echo "pod to peer: $(tmo $CTR task exec --exec-id w net1 sh -c \
     "printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 5 $peer_ip 8081 | tail -n 1" </dev/null 2>&1)"
