@@ -10,7 +10,7 @@
 //! husk-netprobe rtt HOST PORT N      N HTTP GETs of /, a connection each; print the median in ms
 //! ```
 
-use std::io::{Read, Write};
+use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream, ToSocketAddrs};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -20,20 +20,6 @@ const CHUNK: usize = 256 << 10;
 const STALL: Duration = Duration::from_secs(60);
 /// How long `send` waits for its sink to listen.
 const LISTEN_WAIT: Duration = Duration::from_secs(30);
-
-enum ConnectError {
-    Refused(String),
-    Other(String),
-}
-use ConnectError::{Other, Refused};
-
-impl ConnectError {
-    fn into_message(self) -> String {
-        match self {
-            Refused(m) | Other(m) => m,
-        }
-    }
-}
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -64,22 +50,19 @@ fn num<T: std::str::FromStr>(s: &str, what: &str) -> T {
     })
 }
 
-fn connect(host: &str, port: u16) -> Result<TcpStream, ConnectError> {
+/// Connects with the stall timeouts set; the error keeps its kind (a refused connection is
+/// worth another try) and says where.
+fn connect(host: &str, port: u16) -> io::Result<TcpStream> {
+    let context = |e: io::Error, what: &str| io::Error::new(e.kind(), format!("{what}: {e}"));
     let addr = (host, port)
         .to_socket_addrs()
-        .map_err(|e| Other(format!("cannot resolve {host}: {e}")))?
+        .map_err(|e| context(e, &format!("cannot resolve {host}")))?
         .next()
-        .ok_or_else(|| Other(format!("{host} has no address")))?;
-    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(10)).map_err(|e| {
-        let m = format!("cannot connect to {addr}: {e}");
-        match e.kind() {
-            std::io::ErrorKind::ConnectionRefused => Refused(m),
-            _ => Other(m),
-        }
-    })?;
-    s.set_read_timeout(Some(STALL))
-        .and_then(|()| s.set_write_timeout(Some(STALL)))
-        .map_err(|e| Other(e.to_string()))?;
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("{host} has no address")))?;
+    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(10))
+        .map_err(|e| context(e, &format!("cannot connect to {addr}")))?;
+    s.set_read_timeout(Some(STALL))?;
+    s.set_write_timeout(Some(STALL))?;
     Ok(s)
 }
 
@@ -94,10 +77,10 @@ fn send(host: &str, port: u16, mib: u64) -> Result<String, String> {
     let deadline = Instant::now() + LISTEN_WAIT;
     let mut s = loop {
         match connect(host, port) {
-            Err(Refused(_)) if Instant::now() < deadline => {
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused && Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(100))
             }
-            r => break r.map_err(ConnectError::into_message)?,
+            r => break r.map_err(|e| e.to_string())?,
         }
     };
     let data = vec![0u8; CHUNK];
@@ -131,10 +114,10 @@ fn sink(port: u16, mib: u64) -> Result<String, String> {
     let (mut c, peer) = loop {
         match listener.accept() {
             Ok(accepted) => break accepted,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(10))
             }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 return Err(format!("nobody connected to port {port} in {STALL:?}"))
             }
             Err(e) => return Err(format!("accept on port {port}: {e}")),
@@ -170,7 +153,7 @@ fn rtt(host: &str, port: u16, n: usize) -> Result<String, String> {
     let mut reply = Vec::new();
     for i in 0..n {
         let start = Instant::now();
-        let mut s = connect(host, port).map_err(ConnectError::into_message)?;
+        let mut s = connect(host, port).map_err(|e| e.to_string())?;
         s.write_all(request.as_bytes())
             .map_err(|e| format!("request {i} to {host}:{port}: {e}"))?;
         reply.clear();
