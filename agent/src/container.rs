@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 
+use husk_agent_protocol::CONTAINER_NS_PREFIX;
 use libcgroups::common::{
     create_cgroup_manager, AnyCgroupManager, CgroupConfig, CgroupManager, ControllerOpt,
     FreezerState,
@@ -103,6 +104,7 @@ impl Containers {
         if let Some(process) = spec.get_mut("process") {
             seccomp::nnp_for_libcontainer(process);
         }
+        self.join_container_namespaces(procs, &mut spec)?;
         let terminal = spec["process"]["terminal"].as_bool().unwrap_or(false);
         let cgroup = spec["linux"]["cgroupsPath"].as_str().map(str::to_string);
         {
@@ -260,6 +262,38 @@ impl Containers {
             .get(id)
             .ok_or_else(|| ProcessError::NotFound(format!("container {id}")))?;
         Ok(c.cgroup.clone().unwrap_or_default())
+    }
+
+    /// Points each `container:ID` namespace path of `spec` at that namespace of container ID's
+    /// init process (the pod's sandbox container, whose namespaces the app containers share).
+    fn join_container_namespaces(
+        &self,
+        procs: &Table,
+        spec: &mut serde_json::Value,
+    ) -> Result<(), ProcessError> {
+        let Some(list) = spec["linux"]["namespaces"].as_array_mut() else {
+            return Ok(());
+        };
+        for ns in list {
+            let Some(other) = ns["path"]
+                .as_str()
+                .and_then(|p| p.strip_prefix(CONTAINER_NS_PREFIX))
+            else {
+                continue;
+            };
+            let kind = match ns["type"].as_str() {
+                Some(k @ ("uts" | "ipc" | "pid")) => k,
+                k => {
+                    return Err(ProcessError::BadRequest(format!(
+                        "namespace {k:?} cannot be joined from container {other}"
+                    )))
+                }
+            };
+            self.known(other)?;
+            let init = procs.get(&key(other, ""))?;
+            ns["path"] = format!("/proc/{}/ns/{kind}", init.pid).into();
+        }
+        Ok(())
     }
 
     fn known(&self, id: &str) -> Result<(), ProcessError> {

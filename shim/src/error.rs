@@ -60,11 +60,26 @@ pub enum Error {
     #[error("Cannot prepare the sandbox's files")]
     Storage(#[from] StorageError),
     #[error(
-        "The container asks for the host's network (its spec has no network namespace: \
-         `ctr run --net-host`, or a hostNetwork pod); a VM cannot share the host's network \
-         namespace: run such containers with runc"
+        "Container {container} asks for a memory limit of {limit_mib} MiB, but its sandbox VM has \
+         {vm_mib} MiB: raise default_memory in configuration.toml ([hypervisor.husk]) above the \
+         pod's largest limit, or lower the limit"
     )]
-    HostNetwork,
+    MemoryBeyondVm {
+        container: String,
+        limit_mib: u64,
+        vm_mib: u64,
+    },
+    /// The spec has no namespace of kind `ns`: it would share the node's (a hostNetwork,
+    /// hostPID or hostIPC pod; `ctr run --net-host`).
+    #[error(
+        "The pod asks for the host's {ns} namespace ({field}: true, or a spec without a {ns} \
+         namespace such as `ctr run --net-host`); a VM cannot share the node's namespaces: run \
+         such pods with runc (RuntimeClass handler runc)"
+    )]
+    HostNamespace {
+        ns: &'static str,
+        field: &'static str,
+    },
     #[error(
         "The network namespace {netns} is already in use ({users}); husk takes over the \
          interfaces of a namespace prepared for the pod alone (by CNI, or `ip netns add`): give \
@@ -100,7 +115,8 @@ impl Error {
             | Error::InvalidRequest(_)
             | Error::Spec(_)
             | Error::Config(_)
-            | Error::HostNetwork => Code::INVALID_ARGUMENT,
+            | Error::HostNamespace { .. } => Code::INVALID_ARGUMENT,
+            Error::MemoryBeyondVm { .. } => Code::RESOURCE_EXHAUSTED,
             Error::NetnsInUse { .. } => Code::FAILED_PRECONDITION,
             Error::Network(_) => Code::INTERNAL,
             Error::Cgroup(e) if e.is_bad_request() => Code::INVALID_ARGUMENT,

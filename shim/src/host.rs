@@ -21,6 +21,8 @@ use crate::vm::{NetDevice, Vm, VmConfig, Volume};
 pub struct BootedVm {
     pub agent: Agent,
     pub vmm_pid: u32,
+    /// The guest's memory, in MiB (0: not known).
+    pub memory_mib: u64,
     vm: Option<Vm>,
 }
 
@@ -30,6 +32,7 @@ impl BootedVm {
         BootedVm {
             agent,
             vmm_pid,
+            memory_mib: 0,
             vm: None,
         }
     }
@@ -46,11 +49,22 @@ impl BootedVm {
     }
 }
 
+/// What the first container of a sandbox asks of its VM.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct BootRequest<'a> {
+    /// containerd's cgroup path for the sandbox (the pod's `cgroup_parent` under CRI).
+    pub cgroup: Option<&'a str>,
+    /// The pod's network namespace, when it has one prepared.
+    pub netns: Option<&'a Path>,
+    /// Guest memory on top of `default_memory`: what the pod's containers may use.
+    pub extra_memory_mib: u64,
+}
+
 /// The host side of one sandbox.
 pub trait Host: Send + Sync {
     /// Creates the sandbox's directory, cgroup and share, connects the pod's network namespace
-    /// `netns` (when there is one) and boots its VM.
-    fn boot(&self, spec_cgroup: Option<&str>, netns: Option<&Path>) -> Result<BootedVm>;
+    /// (when there is one) and boots its VM.
+    fn boot(&self, req: BootRequest) -> Result<BootedVm>;
     /// Mounts container `id`'s rootfs and binds where the guest finds them.
     fn mount_container(
         &self,
@@ -63,6 +77,38 @@ pub trait Host: Send + Sync {
     fn unmount_container(&self, id: &str);
     /// Removes what is left of the sandbox once its VM is gone.
     fn teardown(&self);
+}
+
+/// The guest memory of a VM with `default_mib` of its own and `extra_mib` for its containers:
+/// never more than the host has (the sum of a pod's limits may be), so that a typo in a limit
+/// cannot ask the VMM for terabytes.
+fn vm_memory_mib(default_mib: u64, extra_mib: u64, host_mib: Option<u64>) -> u64 {
+    let want = default_mib.saturating_add(extra_mib);
+    match host_mib {
+        Some(host) if want > host.max(default_mib) => {
+            tracing::warn!(
+                want,
+                host,
+                "the pod's memory is more than the host has; the VM gets the host's"
+            );
+            host.max(default_mib)
+        }
+        _ => want,
+    }
+}
+
+/// The host's memory (MemTotal), in MiB.
+fn host_memory_mib() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib = info
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse::<u64>()
+        .ok()?;
+    Some(kib / 1024)
 }
 
 /// The directory of a sandbox's host state: short, because socket paths live under it.
@@ -210,7 +256,8 @@ impl HostSandbox {
         Ok(taps)
     }
 
-    fn boot_inner(&self, spec_cgroup: Option<&str>, netns: Option<&Path>) -> Result<BootedVm> {
+    fn boot_inner(&self, req: BootRequest) -> Result<BootedVm> {
+        let (spec_cgroup, netns) = (req.cgroup, req.netns);
         // A dead shim of the same sandbox may have left things behind.
         if self.dir.exists() {
             tracing::warn!(dir = %self.dir.display(), "cleaning up after an earlier shim of this sandbox");
@@ -231,6 +278,8 @@ impl HostSandbox {
             tracing::warn!("no cgroup v2 hierarchy: the VMM stays in the shim's cgroup");
         }
         let (mut config, model) = self.vm_config(&storage, cgroup_procs)?;
+        config.memory_mib =
+            vm_memory_mib(config.memory_mib, req.extra_memory_mib, host_memory_mib());
         // The taps stay open here until the VMM holds them; then they live as long as it does.
         let taps = match (netns, model) {
             (Some(ns), NetworkModel::TcFilter) => self.attach_network(ns)?,
@@ -268,15 +317,15 @@ impl HostSandbox {
         Ok(BootedVm {
             agent: vm.agent.clone(),
             vmm_pid: vm.vmm_pid(),
+            memory_mib: config.memory_mib,
             vm: Some(vm),
         })
     }
 }
 
 impl Host for HostSandbox {
-    fn boot(&self, spec_cgroup: Option<&str>, netns: Option<&Path>) -> Result<BootedVm> {
-        self.boot_inner(spec_cgroup, netns)
-            .inspect_err(|_| self.teardown())
+    fn boot(&self, req: BootRequest) -> Result<BootedVm> {
+        self.boot_inner(req).inspect_err(|_| self.teardown())
     }
 
     fn mount_container(
@@ -481,5 +530,16 @@ mod tests {
         assert_ne!(a, sandbox_dir("default", &"f".repeat(64)));
         // Room for "vm/vsock.sock_1025" within a socket path's 108 bytes.
         assert!(a.as_os_str().len() < 40);
+    }
+
+    #[test]
+    fn vm_memory_adds_the_pods_and_stays_within_the_host() {
+        assert_eq!(vm_memory_mib(256, 0, Some(8192)), 256);
+        assert_eq!(vm_memory_mib(256, 512, Some(8192)), 768);
+        assert_eq!(vm_memory_mib(256, u64::MAX, Some(8192)), 8192);
+        assert_eq!(vm_memory_mib(256, 512, None), 768);
+        // The administrator's default_memory is never cut.
+        assert_eq!(vm_memory_mib(4096, 512, Some(1024)), 4096);
+        assert!(host_memory_mib().is_some_and(|m| m > 0));
     }
 }

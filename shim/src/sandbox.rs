@@ -7,7 +7,7 @@
 //! health check has its own too (see `agent`).
 
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
@@ -18,7 +18,7 @@ use crate::agent::{ctx, unbounded, AgentError};
 use crate::container::{self, harmless_before_start, Container, Exit, Phase, Process, Stdio};
 use crate::error::{Error, Result};
 pub use crate::events::{Events, TaskEvent};
-use crate::host::{BootedVm, Host};
+use crate::host::{BootRequest, BootedVm, Host};
 use crate::io::{self as pio, FifoIo};
 use crate::spec;
 use crate::storage::{Bind, RootfsMount};
@@ -132,11 +132,7 @@ impl Sandbox {
     }
 
     /// The VM, booting it if it is down; waits for a boot or a stop in progress.
-    fn acquire_vm(
-        self: &Arc<Self>,
-        spec_cgroup: Option<&str>,
-        netns: Option<&Path>,
-    ) -> Result<Arc<BootedVm>> {
+    fn acquire_vm(self: &Arc<Self>, req: BootRequest) -> Result<Arc<BootedVm>> {
         let mut inner = self.lock();
         loop {
             match &inner.vm {
@@ -149,7 +145,7 @@ impl Sandbox {
         }
         inner.vm = VmSlot::Booting;
         drop(inner);
-        let booted = self.host.boot(spec_cgroup, netns);
+        let booted = self.host.boot(req);
         let mut inner = self.lock();
         let result = match booted {
             Ok(vm) => {
@@ -281,12 +277,30 @@ impl Sandbox {
     ) -> Result<Arc<BootedVm>> {
         // The pod's network: the first container's (a pod's sandbox container) decides; the
         // others share the VM's, as they would share the pod's namespace under runc.
+        if let Some((ns, field)) = spec::host_namespace(&oci) {
+            return Err(Error::HostNamespace { ns, field });
+        }
         let netns = match spec::network(&oci) {
-            spec::SpecNetwork::Host => return Err(Error::HostNetwork),
+            spec::SpecNetwork::Host => unreachable!("host_namespace refused it"),
             spec::SpecNetwork::New => None,
             spec::SpecNetwork::Join(path) => Some(path),
         };
-        let vm = self.acquire_vm(oci["linux"]["cgroupsPath"].as_str(), netns.as_deref())?;
+        let vm = self.acquire_vm(BootRequest {
+            cgroup: oci["linux"]["cgroupsPath"].as_str(),
+            netns: netns.as_deref(),
+            extra_memory_mib: spec::memory_request_mib(&oci),
+        })?;
+        // A limit the VM cannot give would end in an OOM of the whole guest, not of the container.
+        if let Some(limit) = oci["linux"]["resources"]["memory"]["limit"].as_i64() {
+            let limit_mib = limit.max(0) as u64 >> 20;
+            if vm.memory_mib > 0 && limit_mib > vm.memory_mib {
+                return Err(Error::MemoryBeyondVm {
+                    container: req.id.clone(),
+                    limit_mib,
+                    vm_mib: vm.memory_mib,
+                });
+            }
+        }
         let host_name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
         let guest = spec::for_guest(&req.id, oci, host_name.trim());
         for d in &guest.dropped {

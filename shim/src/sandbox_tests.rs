@@ -225,7 +225,7 @@ struct FakeHost {
 }
 
 impl Host for FakeHost {
-    fn boot(&self, _: Option<&str>, _: Option<&Path>) -> crate::error::Result<BootedVm> {
+    fn boot(&self, _: BootRequest) -> crate::error::Result<BootedVm> {
         self.calls.push("boot".into());
         let sock = self.socket.clone();
         let dial: crate::agent::Dialer = Arc::new(move || UnixStream::connect(&sock));
@@ -333,7 +333,7 @@ fn world(name: &str) -> World {
     let dir = std::env::temp_dir().join(format!("husk-sbx-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("bundle")).unwrap();
-    std::fs::write(dir.join("bundle/config.json"), r#"{"ociVersion":"1.0.2","process":{"args":["sh"]},"linux":{"namespaces":[{"type":"network"}]},"mounts":[{"destination":"/data","type":"bind","source":"/tmp","options":["rbind"]}]}"#).unwrap();
+    std::fs::write(dir.join("bundle/config.json"), r#"{"ociVersion":"1.0.2","process":{"args":["sh"]},"linux":{"namespaces":[{"type":"pid"},{"type":"ipc"},{"type":"network"}]},"mounts":[{"destination":"/data","type":"bind","source":"/tmp","options":["rbind"]}]}"#).unwrap();
     let socket = dir.join("agent.sock");
     let (oom_tx, oom_rx) = mpsc::channel();
     let fake = Arc::new(FakeAgent {
@@ -575,16 +575,24 @@ fn the_vm_boots_once_for_concurrent_creates() {
 }
 
 #[test]
-fn a_container_on_the_hosts_network_is_refused_before_anything_boots() {
-    let w = world("hostnet");
-    std::fs::write(
-        w.dir.join("bundle/config.json"),
-        r#"{"ociVersion":"1.0.2","process":{"args":["sh"]},"linux":{"namespaces":[{"type":"pid"}]}}"#,
-    )
-    .unwrap();
-    let e = w.create("h1").unwrap_err();
-    assert!(e.to_string().contains("host's network"), "{e}");
-    assert!(e.to_string().contains("runc"), "{e}");
-    assert_eq!(code(e), Code::INVALID_ARGUMENT);
-    assert!(w.calls.all().is_empty(), "{:?}", w.calls.all());
+fn host_namespaces_are_refused_by_field_before_anything_boots() {
+    for (namespaces, field) in [
+        (r#"[{"type":"pid"},{"type":"ipc"}]"#, "hostNetwork"),
+        (r#"[{"type":"network"},{"type":"ipc"}]"#, "hostPID"),
+        (r#"[{"type":"network"},{"type":"pid"}]"#, "hostIPC"),
+    ] {
+        // A sandbox whose first create failed shuts down: a new one each time.
+        let w = world(field);
+        std::fs::write(
+            w.dir.join("bundle/config.json"),
+            format!(r#"{{"ociVersion":"1.0.2","process":{{"args":["sh"]}},"linux":{{"namespaces":{namespaces}}}}}"#),
+        )
+        .unwrap();
+        let e = w.create("h1").unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains(&format!("{field}: true")), "{msg}");
+        assert!(msg.contains("runc"), "{msg}");
+        assert_eq!(code(e), Code::INVALID_ARGUMENT);
+        assert!(w.calls.all().is_empty(), "{:?}", w.calls.all());
+    }
 }

@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
+use husk_agent_protocol::CONTAINER_NS_PREFIX;
 use serde_json::Value;
 
 /// Where the agent mounts the sandbox share in the guest (Kata's path, so tooling that knows
@@ -37,6 +38,19 @@ pub fn network(spec: &Value) -> SpecNetwork {
     }
 }
 
+/// The first namespace `spec` shares with the node (no entry of that kind: a hostNetwork,
+/// hostPID or hostIPC pod), as the namespace kind and the pod field that asks for it.
+pub fn host_namespace(spec: &Value) -> Option<(&'static str, &'static str)> {
+    let ns = spec["linux"]["namespaces"].as_array();
+    [
+        ("network", "hostNetwork"),
+        ("pid", "hostPID"),
+        ("ipc", "hostIPC"),
+    ]
+    .into_iter()
+    .find(|(kind, _)| !ns.is_some_and(|ns| ns.iter().any(|n| n["type"] == *kind)))
+}
+
 /// A host path the container needs, to be bind-mounted into the share at `share_rel`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SharedBind {
@@ -64,10 +78,12 @@ pub enum SpecError {
 /// name, and the guest has none of its own.
 pub fn for_guest(id: &str, mut spec: Value, host_name: &str) -> GuestSpec {
     let mut dropped = Vec::new();
+    let pod = sandbox_id(&spec, id);
     spec["root"]["path"] = Value::String(format!("{GUEST_SHARE}/{id}/rootfs"));
-    let own_uts = spec["linux"]["namespaces"]
-        .as_array()
-        .is_some_and(|ns| ns.iter().any(|n| n["type"] == "uts"));
+    let own_uts = spec["linux"]["namespaces"].as_array().is_some_and(|ns| {
+        ns.iter()
+            .any(|n| n["type"] == "uts" && n["path"].as_str().is_none_or(str::is_empty))
+    });
     let named = spec["hostname"].as_str().is_some_and(|h| !h.is_empty());
     if own_uts && !named && !host_name.is_empty() {
         spec["hostname"] = Value::String(host_name.to_string());
@@ -92,11 +108,22 @@ pub fn for_guest(id: &str, mut spec: Value, host_name: &str) -> GuestSpec {
         linux.insert("cgroupsPath".into(), Value::String(format!("/husk/{id}")));
         if let Some(ns) = linux.get_mut("namespaces").and_then(Value::as_array_mut) {
             // The pod's network is the guest's: containers share it, as they would share the
-            // pod's namespace on the host. Any other namespace path names a host namespace.
+            // pod's namespace on the host.
             ns.retain(|n| n["type"] != "network");
+            // Any other path names a host namespace: CRI's app containers join the sandbox
+            // container's UTS, IPC and (shareProcessNamespace) PID namespaces by its host pid,
+            // which is the VMM's. In the guest they join the sandbox container's instead; a
+            // container of no pod gets new ones.
             for n in ns.iter_mut() {
-                if let Some(o) = n.as_object_mut() {
-                    o.remove("path");
+                let Some(o) = n.as_object_mut() else { continue };
+                let joins = o
+                    .remove("path")
+                    .is_some_and(|p| p.as_str().is_some_and(|p| !p.is_empty()));
+                if joins && pod != id {
+                    o.insert(
+                        "path".into(),
+                        Value::String(format!("{CONTAINER_NS_PREFIX}{pod}")),
+                    );
                 }
             }
         }
@@ -142,6 +169,20 @@ pub fn read_bundle_spec(bundle: &Path) -> Result<Value, SpecError> {
     let path = bundle.join("config.json");
     let text = std::fs::read(&path).map_err(|e| SpecError::Invalid(path.clone(), e.to_string()))?;
     serde_json::from_slice(&text).map_err(|e| SpecError::Invalid(path, e.to_string()))
+}
+
+/// The memory, in MiB, a sandbox's VM needs for its containers beyond its own: CRI's sum of the
+/// pod's container limits (containerd 1.7 and later pass it on the sandbox container), else the
+/// limit of a container that is a sandbox of its own (`ctr run --memory-limit`). 0 when unknown.
+pub fn memory_request_mib(spec: &Value) -> u64 {
+    let pod = spec["annotations"]["io.kubernetes.cri.sandbox-memory"]
+        .as_str()
+        .and_then(|m| m.parse::<u64>().ok());
+    let own = spec["linux"]["resources"]["memory"]["limit"]
+        .as_i64()
+        .and_then(|m| u64::try_from(m).ok());
+    // A container of a pod is never the first to boot its VM: only the sandbox's own limit counts.
+    pod.or(own).map_or(0, |bytes| bytes.div_ceil(1 << 20))
 }
 
 /// The sandbox a container belongs to: CRI names it in an annotation; a container without one
@@ -240,6 +281,83 @@ mod tests {
             "{:?}",
             g.dropped
         );
+    }
+
+    #[test]
+    fn host_namespaces_named_by_their_pod_field() {
+        let ns = |kinds: &[&str]| {
+            let list: Vec<Value> = kinds.iter().map(|k| json!({ "type": k })).collect();
+            json!({"linux": {"namespaces": list}})
+        };
+        assert_eq!(host_namespace(&ns(&["pid", "ipc", "network", "uts"])), None);
+        assert_eq!(
+            host_namespace(&ns(&["pid", "ipc"])),
+            Some(("network", "hostNetwork"))
+        );
+        assert_eq!(
+            host_namespace(&ns(&["network", "ipc"])),
+            Some(("pid", "hostPID"))
+        );
+        assert_eq!(
+            host_namespace(&ns(&["network", "pid"])),
+            Some(("ipc", "hostIPC"))
+        );
+        assert_eq!(host_namespace(&json!({})), Some(("network", "hostNetwork")));
+    }
+
+    #[test]
+    fn pod_containers_join_the_sandbox_containers_namespaces() {
+        let app = json!({
+            "annotations": {"io.kubernetes.cri.sandbox-id": "pod1"},
+            "linux": {"namespaces": [
+                {"type": "pid"},
+                {"type": "ipc", "path": "/proc/7/ns/ipc"},
+                {"type": "uts", "path": "/proc/7/ns/uts"},
+                {"type": "network", "path": "/var/run/netns/cni-1"},
+                {"type": "mount"}
+            ]}
+        });
+        let g = for_guest("app", app, "node");
+        assert_eq!(
+            g.spec["linux"]["namespaces"],
+            json!([
+                {"type": "pid"},
+                {"type": "ipc", "path": "container:pod1"},
+                {"type": "uts", "path": "container:pod1"},
+                {"type": "mount"}
+            ])
+        );
+        // It takes the pod's hostname with the pod's UTS namespace, not the node's.
+        assert!(g.spec.get("hostname").is_none());
+        // The sandbox container itself, and a container of no pod, get namespaces of their own.
+        let sandbox = json!({
+            "annotations": {"io.kubernetes.cri.sandbox-id": "pod1"},
+            "hostname": "web-0",
+            "linux": {"namespaces": [{"type": "uts"}, {"type": "ipc", "path": "/proc/1/ns/ipc"}]}
+        });
+        let g = for_guest("pod1", sandbox, "node");
+        assert_eq!(
+            g.spec["linux"]["namespaces"],
+            json!([{"type": "uts"}, {"type": "ipc"}])
+        );
+        assert_eq!(g.spec["hostname"], "web-0");
+    }
+
+    #[test]
+    fn memory_request_from_the_pod_sum_or_the_own_limit() {
+        assert_eq!(memory_request_mib(&json!({})), 0);
+        let own = json!({"linux": {"resources": {"memory": {"limit": 100663296}}}});
+        assert_eq!(memory_request_mib(&own), 96);
+        let pod = json!({
+            "annotations": {"io.kubernetes.cri.sandbox-memory": "536870913"},
+            "linux": {"resources": {"memory": {"limit": 1}}}
+        });
+        assert_eq!(memory_request_mib(&pod), 513);
+        // No limit (-1, unlimited) and garbage ask for nothing.
+        let unlimited = json!({"linux": {"resources": {"memory": {"limit": -1}}}});
+        assert_eq!(memory_request_mib(&unlimited), 0);
+        let bad = json!({"annotations": {"io.kubernetes.cri.sandbox-memory": "lots"}});
+        assert_eq!(memory_request_mib(&bad), 0);
     }
 
     #[test]

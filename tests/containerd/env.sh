@@ -36,6 +36,9 @@
 #   CTRD_FORCE_ROOT  use this directory as containerd's root (it must suit overlayfs upperdirs)
 #   CTRD_BUSYBOX_TAR a prebuilt image tarball for ctrd_import_busybox (skips build and cache)
 #   BUSYBOX          the static busybox to put in the image (default /bin/busybox)
+#   CTRD_CRI         1: keep containerd's CRI plugin (kubelet's API) on, with the handlers `kata`
+#                    (husk) and `runc`, CNI's bridge plugin on husk-cri0 (10.88.0.0/24, config in
+#                    DIR/cni) and CTRD_PAUSE_IMAGE as the sandbox image (see ctrd_import_pause)
 #
 # containerd's overlayfs snapshotter refuses an upperdir on an overlay (or 9p) file system, and the
 # test host's / is an overlay. So the root goes to DIR/root when DIR is on a suitable file system,
@@ -165,14 +168,16 @@ ctrd_start() {
   mkdir -p -- "$dir/state"
   rm -f -- "$CTRD_SOCK" "$CTRD_SOCK.ttrpc"
 
-  # CRI is left out (slow to start, unused by ctr); so are the snapshotters that cannot work here
-  # and would only fill the log.
+  # CRI is left out unless asked for (slow to start, unused by ctr); so are the snapshotters that
+  # cannot work here and would only fill the log.
+  local cri='"io.containerd.grpc.v1.cri",'
+  [ "${CTRD_CRI:-0}" = 1 ] && cri=''
   cat >"$dir/config.toml" <<EOF
 version = 2
 root = "$CTRD_ROOT"
 state = "$dir/state"
 disabled_plugins = [
-  "io.containerd.grpc.v1.cri",
+  $cri
   "io.containerd.snapshotter.v1.aufs",
   "io.containerd.snapshotter.v1.btrfs",
   "io.containerd.snapshotter.v1.devmapper",
@@ -197,6 +202,7 @@ disabled_plugins = [
   [plugins."io.containerd.internal.v1.opt"]
     path = "$CTRD_ROOT/opt"
 EOF
+  [ "${CTRD_CRI:-0}" = 1 ] && _ctrd_cri_config "$dir"
 
   local path=$PATH
   [ -n "$rtdir" ] && path=$rtdir:$PATH
@@ -229,6 +235,50 @@ EOF
   done
   CTR="ctr -a $CTRD_SOCK -n $CTRD_NAMESPACE"
   export CTRD_DIR CTRD_SOCK CTRD_ROOT CTRD_PID CTRD_NAMESPACE CTR
+}
+
+CTRD_PAUSE_IMAGE=husk.test/pause:1
+
+# The CRI plugin's part of DIR/config.toml, and the CNI network its pods get.
+_ctrd_cri_config() {
+  local dir=$1
+  mkdir -p "$dir/cni"
+  cat >"$dir/cni/10-husk-cri.conflist" <<EOF
+{"cniVersion": "1.0.0", "name": "husk-cri", "plugins": [
+  {"type": "bridge", "bridge": "husk-cri0", "isGateway": true, "ipMasq": false,
+   "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.88.0.0/24"}]],
+            "routes": [{"dst": "0.0.0.0/0"}], "dataDir": "$dir/cni-ipam"}}]}
+EOF
+  cat >>"$dir/config.toml" <<EOF
+  [plugins."io.containerd.grpc.v1.cri"]
+    sandbox_image = "$CTRD_PAUSE_IMAGE"
+    stream_server_address = "127.0.0.1"
+    stream_server_port = "0"
+    enable_selinux = false
+    disable_apparmor = true
+    [plugins."io.containerd.grpc.v1.cri".containerd]
+      default_runtime_name = "runc"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+        runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.kata]
+        runtime_type = "io.containerd.kata.v2"
+        privileged_without_host_devices = true
+    [plugins."io.containerd.grpc.v1.cri".cni]
+      bin_dir = "/usr/lib/cni"
+      conf_dir = "$dir/cni"
+EOF
+}
+
+# Imports a pause image for CRI's sandbox containers into containerd namespace k8s.io: busybox
+# whose command sleeps forever (the real pause image cannot be pulled here).
+ctrd_import_pause() {
+  local tarball
+  tarball=$(IMAGE_CMD='["sleep","2147483647"]' ctrd_busybox_tar "$CTRD_PAUSE_IMAGE") || return 1
+  ctr -a "$CTRD_SOCK" -n k8s.io images import "$tarball" >"$CTRD_DIR/import.log" 2>&1 || {
+    _ctrd_say "ctr images import $tarball failed:"
+    sed 's/^/  | /' "$CTRD_DIR/import.log" >&2
+    return 1
+  }
 }
 
 # Finds the shims that our containerd started: processes whose command line has "-address"
@@ -407,7 +457,7 @@ ctrd_busybox_tar() {
   h2=${sums#*$'\n'}
   h2=${h2:0:12}
   cache=${HUSK_CACHE:-${HOME:-/root}/.cache/husk}/containerd
-  f=$cache/busybox-$h1-$h2-${name//[^A-Za-z0-9._-]/_}.tar
+  f=$cache/busybox-$h1-$h2-${name//[^A-Za-z0-9._-]/_}${IMAGE_CMD:+-${IMAGE_CMD//[^A-Za-z0-9]/_}}.tar
   if [ ! -f "$f" ]; then
     if ! { mkdir -p -- "$cache" 2>/dev/null && [ -w "$cache" ]; }; then
       # No cache to write to: build a private copy.

@@ -9,7 +9,7 @@
 # The image has a single layer: the host's static busybox (Debian's busybox-static, /bin/busybox;
 # override with BUSYBOX=/path) as /bin/busybox, one symlink in /bin per applet it lists, a minimal
 # /etc/passwd and /etc/group (root 0, nobody 65534) and the usual empty directories. Its config
-# has no Entrypoint, Cmd ["sh"] and a standard PATH.
+# has no Entrypoint, Cmd ["sh"] (or IMAGE_CMD, a JSON array of strings) and a standard PATH.
 #
 # The output depends only on the busybox binary, NAME and this script: every file has a fixed
 # owner, mode and mtime, tar entries are sorted and gzip stores no name or time. It needs only
@@ -26,6 +26,7 @@ if [ $# -lt 1 ] || [ $# -gt 2 ]; then usage; fi
 out=$1
 name=${2:-docker.io/library/busybox:latest}
 busybox=${BUSYBOX:-/bin/busybox}
+cmd=${IMAGE_CMD:-'["sh"]'}
 
 die() {
   echo "make-busybox-image: $*" >&2
@@ -45,6 +46,13 @@ case "$last" in
   *:*) ref=${last##*:} ;;
 esac
 
+case "$cmd" in
+  '['*']') ;;
+  *) die "IMAGE_CMD '$cmd' is not a JSON array" ;;
+esac
+case "$cmd" in
+  *[!A-Za-z0-9._/\ \"\[\],:=-]*) die "IMAGE_CMD '$cmd' holds characters this script does not escape" ;;
+esac
 [ -x "$busybox" ] || die "no busybox at $busybox (apt-get install busybox-static)"
 # Under TCG every external command costs some 40 ms, so this script forks as little as it can:
 # bash builtins where they do, one tool call per job.
@@ -119,8 +127,8 @@ put_blob() {
 
 # --- config, manifest, index ----------------------------------------------------------------
 path='/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
-printf -v json '{"architecture":"%s","os":"linux","created":"1970-01-01T00:00:00Z","config":{"Env":["PATH=%s"],"Cmd":["sh"]},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]},"history":[{"created":"1970-01-01T00:00:00Z","created_by":"husk tests/containerd/make-busybox-image.sh"}]}' \
-  "$arch" "$path" "$diff_id"
+printf -v json '{"architecture":"%s","os":"linux","created":"1970-01-01T00:00:00Z","config":{"Env":["PATH=%s"],"Cmd":%s},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]},"history":[{"created":"1970-01-01T00:00:00Z","created_by":"husk tests/containerd/make-busybox-image.sh"}]}' \
+  "$arch" "$path" "$cmd" "$diff_id"
 put_blob "$json"
 config_digest=$blob_digest
 config_size=$blob_size

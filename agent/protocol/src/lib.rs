@@ -33,6 +33,11 @@ pub const AGENT_PORT: u32 = 1024;
 /// The vsock port on the host that receives the agent's log lines.
 pub const LOG_PORT: u32 = 1025;
 
+/// In a container's spec sent to the agent, a namespace path `container:ID` names that
+/// namespace of container ID's init process in the guest: how a pod's containers join the
+/// sandbox container's UTS, IPC and PID namespaces.
+pub const CONTAINER_NS_PREFIX: &str = "container:";
+
 pub use ttrpc;
 
 /// Whether `id` (a container or exec id, which both sides turn into file names) is a plain name:
