@@ -18,6 +18,7 @@ macro_rules! say {
 }
 
 mod container;
+mod forward;
 mod init;
 mod log;
 mod network;
@@ -136,9 +137,20 @@ fn serve(
     port: u32,
 ) -> Result<husk_agent_protocol::ttrpc::Server, ServeError> {
     let mut server = rpc::bind(procs, port)?;
+    let forward_port = husk_agent_protocol::FORWARD_PORT;
+    let forwarding = forward::bind_listener(forward_port)
+        .map_err(|e| {
+            log::info(&format!(
+                "no port forwarding: vsock port {forward_port}: {e}"
+            ))
+        })
+        .ok();
     // Before the first request can create a container.
     seccomp::deny_vsock().map_err(ServeError::Seccomp)?;
     server.start()?;
+    if let Some(listener) = forwarding {
+        forward::serve(listener);
+    }
     Ok(server)
 }
 

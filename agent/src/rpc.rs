@@ -261,6 +261,13 @@ impl AgentService for Agent {
         network::add_neighbours(&req.neighbors).map_err(rpc_error)?;
         Ok(Empty::new())
     }
+
+    fn watch_listeners(&self, _: &TtrpcContext, req: WatchListenersRequest) -> Result<Listeners> {
+        Ok(Listeners {
+            ports: crate::forward::watch_listeners(&req.known),
+            ..Default::default()
+        })
+    }
 }
 
 impl Agent {

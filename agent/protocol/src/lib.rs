@@ -32,6 +32,10 @@ pub mod health_ttrpc {
 pub const AGENT_PORT: u32 = 1024;
 /// The vsock port on the host that receives the agent's log lines.
 pub const LOG_PORT: u32 = 1025;
+/// vsock port of port forwarding: one stream per forwarded connection, opened by the host with
+/// `PORT <n>\n`; the agent answers `OK\n` (then the bytes of the guest's TCP port `n`) or
+/// `ERR <why>\n`.
+pub const FORWARD_PORT: u32 = 1026;
 
 /// In a container's spec sent to the agent, a namespace path `container:ID` names that
 /// namespace of container ID's init process in the guest: how a pod's containers join the
