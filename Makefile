@@ -10,7 +10,8 @@ TESTHOST := tests/testhost/run.sh
 
 # Debian packages the build, the guest image and the tests need.
 APT_PACKAGES := qemu-system-x86 busybox-static cpio linux-source-6.1 bison flex bc libelf-dev protobuf-compiler \
-	xz-utils lz4 file python3 gcc libc6-dev containerd runc containernetworking-plugins iproute2 libseccomp-dev
+	xz-utils lz4 file python3 gcc libc6-dev containerd runc containernetworking-plugins iproute2 libseccomp-dev \
+	python3-grpcio python3-protobuf
 
 .PHONY: all deps build agent guest-image kernel initramfs demo test unit-test integration-test \
 	bench netprobe fuzz fuzz-smoke fmt clippy lint clean install install-files uninstall

@@ -1,0 +1,131 @@
+//! Kubernetes pods through CRI, as kubelet makes them: a private containerd with its CRI plugin,
+//! CNI's bridge and the handlers `kata` (husk) and `runc`, driven by tests/cri/cri.py. One
+//! test-host boot runs every scenario of tests/cri/cri-scenarios.sh; each test checks one.
+
+use std::sync::OnceLock;
+
+use husk_integration::{artifact, initrd, kernel, repo, testhost_batch, vmm, Batch, Section};
+
+fn batch() -> &'static Batch {
+    static BATCH: OnceLock<Batch> = OnceLock::new();
+    BATCH.get_or_init(|| {
+        let _ = (vmm(), kernel(), initrd());
+        let _ = artifact("target/release/containerd-shim-kata-v2");
+        let script = repo().join("tests/cri/cri-scenarios.sh");
+        testhost_batch(&[&script.to_string_lossy()], "900")
+    })
+}
+
+fn section(name: &str) -> &'static Section {
+    husk_integration::section(batch(), name)
+}
+
+/// Nothing of husk's or runc's is left: no VMM, shim, sandbox directory, mount, tap or netns.
+fn assert_nothing_left(s: &Section) {
+    let kinds = [
+        "vmm pid",
+        "shim pid",
+        "sandbox dir",
+        "mount",
+        "link",
+        "cgroup",
+        "netns",
+    ];
+    let left: Vec<&str> = s
+        .output
+        .lines()
+        .filter(|l| kinds.iter().any(|k| l.starts_with(k)))
+        .collect();
+    assert!(left.is_empty(), "{left:?}\n{}", s.output);
+}
+
+#[test]
+fn a_pod_is_one_vm_whose_containers_share_hostname_ipc_and_volumes() {
+    let s = section("pod");
+    assert_eq!(s.status, 0, "{}", s.output);
+    for h in ["kata", "runc"] {
+        let line = |what: &str| s.after(&format!("{h} {what} ")).to_string();
+        assert_eq!(line("pod ip"), "10.88.0", "{h}\n{}", s.output);
+        assert_eq!(line("app state"), "CONTAINER_RUNNING", "{h}\n{}", s.output);
+        assert_eq!(line("side state"), "CONTAINER_RUNNING", "{h}\n{}", s.output);
+        // PodSandboxConfig.hostname, in every container of the pod.
+        assert_eq!(line("hostname"), "web-0", "{h}\n{}", s.output);
+        assert_eq!(line("side hostname"), "web-0", "{h}\n{}", s.output);
+        assert_eq!(line("ipc shared"), "ipc: same", "{h}\n{}", s.output);
+        // ExecSync: exit codes, and a timeout that ends the call.
+        assert_eq!(line("exec-sync status"), "7", "{h}\n{}", s.output);
+        assert!(
+            line("exec-sync timeout status").contains("DEADLINE_EXCEEDED"),
+            "{h}\n{}",
+            s.output
+        );
+        assert_eq!(line("stats"), "cpu True memory True", "{h}\n{}", s.output);
+        // One container replaced while its sibling runs on.
+        assert_eq!(
+            line("replaced state"),
+            "CONTAINER_RUNNING side CONTAINER_RUNNING",
+            "{h}\n{}",
+            s.output
+        );
+        // stdout, stderr and /dev/stdout in the CRI log file, in CRI's format.
+        assert_eq!(
+            line("log"),
+            "stderr F err-line|stdout F dev-stdout|stdout F out-line|",
+            "{h}\n{}",
+            s.output
+        );
+        assert_eq!(line("log format"), "1", "{h}\n{}", s.output);
+        assert_eq!(line("removed"), "0", "{h}\n{}", s.output);
+    }
+    // Volumes as kubelet hands them over (husk only: see the scenario).
+    let kata = |what: &str| s.after(&format!("kata {what} ")).to_string();
+    assert_eq!(
+        kata("resolv"),
+        "search svc.cluster.local nameserver 10.88.0.1 ",
+        "{}",
+        s.output
+    );
+    assert_eq!(kata("emptyDir shared"), "hi", "{}", s.output);
+    assert_eq!(kata("emptyDir on host"), "hi", "{}", s.output);
+    assert_eq!(kata("subPath file"), "single", "{}", s.output);
+    assert_eq!(kata("missing hostPath"), "writable", "{}", s.output);
+    assert_eq!(kata("read-only"), "refused", "{}", s.output);
+    assert_eq!(kata("projected update"), "v2", "{}", s.output);
+    assert_nothing_left(s);
+}
+
+#[test]
+fn host_namespace_pods_are_refused_by_field_and_run_with_runc() {
+    let s = section("host_namespaces");
+    assert_eq!(s.status, 0, "{}", s.output);
+    for (flag, field) in [
+        ("--host-network", "hostNetwork: true"),
+        ("--host-pid", "hostPID: true"),
+        ("--host-ipc", "hostIPC: true"),
+    ] {
+        let kata = s.after(&format!("kata {flag} "));
+        assert!(kata.starts_with("refused:"), "{flag}\n{}", s.output);
+        assert!(kata.contains(field), "{flag}\n{}", s.output);
+        assert!(kata.contains("runc"), "{flag}\n{}", s.output);
+        assert_eq!(
+            s.after(&format!("runc {flag} ")),
+            "accepted",
+            "{}",
+            s.output
+        );
+    }
+    assert_nothing_left(s);
+}
+
+#[test]
+fn memory_limits_reach_the_guest_or_are_refused_beyond_the_vm() {
+    let s = section("memory");
+    assert_eq!(s.status, 0, "{}", s.output);
+    assert_eq!(s.after("small memory.max "), "67108864", "{}", s.output);
+    let big = s.after("big ");
+    assert!(big.starts_with("refused:"), "{}", s.output);
+    assert!(big.contains("4096 MiB"), "{}", s.output);
+    assert!(big.contains("default_memory"), "{}", s.output);
+    assert_eq!(s.after("removed "), "0", "{}", s.output);
+    assert_nothing_left(s);
+}
