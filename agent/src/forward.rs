@@ -173,7 +173,7 @@ fn dial(port: u16) -> io::Result<TcpStream> {
         for a in ifaddrs {
             let Some(addr) = a.address else { continue };
             if let Some(v4) = addr.as_sockaddr_in() {
-                let ip = std::net::Ipv4Addr::from(v4.ip());
+                let ip = v4.ip();
                 if !ip.is_loopback() {
                     addrs.push((ip, port).into());
                 }
