@@ -171,6 +171,16 @@ fn keep_log(args: &[&str], out: &Output) {
     }
 }
 
+/// The scenario's `leftovers` listing has no line of these kinds.
+pub fn assert_nothing_left(s: &Section, kinds: &[&str]) {
+    let left: Vec<&str> = s
+        .output
+        .lines()
+        .filter(|l| kinds.iter().any(|k| l.starts_with(k)))
+        .collect();
+    assert!(left.is_empty(), "{left:?}\n{}", s.output);
+}
+
 /// Scenario `name` of a batch, or a panic that shows why the batch failed or every scenario's
 /// output.
 pub fn section<'a>(batch: &'a Batch, name: &str) -> &'a Section {

@@ -4,7 +4,9 @@
 
 use std::sync::OnceLock;
 
-use husk_integration::{artifact, initrd, kernel, repo, testhost_batch, vmm, Batch, Section};
+use husk_integration::{
+    artifact, assert_nothing_left, initrd, kernel, repo, testhost_batch, vmm, Batch, Section,
+};
 
 fn batch() -> &'static Batch {
     static BATCH: OnceLock<Batch> = OnceLock::new();
@@ -19,16 +21,6 @@ fn batch() -> &'static Batch {
 
 fn section(name: &str) -> &'static Section {
     husk_integration::section(batch(), name)
-}
-
-/// The scenario's `leftovers` listing has no line of these kinds.
-fn assert_nothing_left(s: &Section, kinds: &[&str]) {
-    let left: Vec<&str> = s
-        .output
-        .lines()
-        .filter(|l| kinds.iter().any(|k| l.starts_with(k)))
-        .collect();
-    assert!(left.is_empty(), "{left:?}\n{}", s.output);
 }
 
 #[test]

@@ -4,7 +4,9 @@
 
 use std::sync::OnceLock;
 
-use husk_integration::{artifact, initrd, kernel, repo, testhost_batch, vmm, Batch, Section};
+use husk_integration::{
+    artifact, assert_nothing_left, initrd, kernel, repo, testhost_batch, vmm, Batch, Section,
+};
 
 fn batch() -> &'static Batch {
     static BATCH: OnceLock<Batch> = OnceLock::new();
@@ -21,7 +23,7 @@ fn section(name: &str) -> &'static Section {
 }
 
 /// Nothing of husk's or runc's is left: no VMM, shim, sandbox directory, mount, tap or netns.
-fn assert_nothing_left(s: &Section) {
+fn assert_all_gone(s: &Section) {
     let kinds = [
         "vmm pid",
         "shim pid",
@@ -31,12 +33,7 @@ fn assert_nothing_left(s: &Section) {
         "cgroup",
         "netns",
     ];
-    let left: Vec<&str> = s
-        .output
-        .lines()
-        .filter(|l| kinds.iter().any(|k| l.starts_with(k)))
-        .collect();
-    assert!(left.is_empty(), "{left:?}\n{}", s.output);
+    assert_nothing_left(s, &kinds);
 }
 
 #[test]
@@ -91,7 +88,7 @@ fn a_pod_is_one_vm_whose_containers_share_hostname_ipc_and_volumes() {
     assert_eq!(kata("missing hostPath"), "writable", "{}", s.output);
     assert_eq!(kata("read-only"), "refused", "{}", s.output);
     assert_eq!(kata("projected update"), "v2", "{}", s.output);
-    assert_nothing_left(s);
+    assert_all_gone(s);
 }
 
 #[test]
@@ -114,7 +111,7 @@ fn host_namespace_pods_are_refused_by_field_and_run_with_runc() {
             s.output
         );
     }
-    assert_nothing_left(s);
+    assert_all_gone(s);
 }
 
 #[test]
@@ -127,5 +124,5 @@ fn memory_limits_reach_the_guest_or_are_refused_beyond_the_vm() {
     assert!(big.contains("4096 MiB"), "{}", s.output);
     assert!(big.contains("default_memory"), "{}", s.output);
     assert_eq!(s.after("removed "), "0", "{}", s.output);
-    assert_nothing_left(s);
+    assert_all_gone(s);
 }
