@@ -23,6 +23,8 @@ pub struct BootedVm {
     pub vmm_pid: u32,
     /// The guest's memory, in MiB (0: not known).
     pub memory_mib: u64,
+    /// Port forwarding into the pod (when it has a network namespace); stops with the VM.
+    _forwarder: Option<crate::forward::PortForwarder>,
     vm: Option<Vm>,
 }
 
@@ -33,6 +35,7 @@ impl BootedVm {
             agent,
             vmm_pid,
             memory_mib: 0,
+            _forwarder: None,
             vm: None,
         }
     }
@@ -313,11 +316,26 @@ impl HostSandbox {
         // The VMM holds the taps now: they go away with it.
         let guests: Vec<GuestInterface> = taps.into_iter().map(|(_, g)| g).collect();
         configure_guest_network(&vm.agent, &guests)?;
+        let forwarder = match netns {
+            Some(ns) => match vm.agent.process_connection() {
+                Ok(conn) => Some(crate::forward::start(
+                    ns,
+                    conn,
+                    vm.runtime_dir().join("vsock.sock"),
+                )),
+                Err(e) => {
+                    tracing::warn!(error = %e, "no port forwarding into the pod");
+                    None
+                }
+            },
+            None => None,
+        };
         tracing::info!(sandbox = %self.id, vmm_pid = vm.vmm_pid(), "sandbox VM up");
         Ok(BootedVm {
             agent: vm.agent.clone(),
             vmm_pid: vm.vmm_pid(),
             memory_mib: config.memory_mib,
+            _forwarder: forwarder,
             vm: Some(vm),
         })
     }

@@ -20,6 +20,7 @@ pub mod config;
 pub mod container;
 pub mod error;
 pub mod events;
+pub mod forward;
 pub mod host;
 pub mod io;
 pub mod network;

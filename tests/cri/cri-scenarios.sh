@@ -173,7 +173,30 @@ s_memory() {
   leftovers
 }
 
-scenarios=${*:-pod host_namespaces memory}
+# kubectl port-forward (CRI PortForward through containerd's streaming server) to servers on
+# 0.0.0.0 and on 127.0.0.1 in the pod, with each handler.
+s_port_forward() {
+  local h pod c port got
+  for h in kata runc; do
+    pod=$(cri runp --name "pf-$h" --uid "pf-$h" --runtime-handler "$h") || { echo "$h runp failed"; continue; }
+    c=$(cri create "$pod" --name web --image $IMAGE -- sh -c \
+      'mkdir -p /www && echo hello-pf > /www/index.html && httpd -p 8080 -h /www && httpd -f -p 127.0.0.1:8081 -h /www')
+    cri start "$c"
+    for port in 8080 8081; do
+      got=""
+      for _ in $(seq 30); do
+        got=$(cri pf-get "$pod" $port --send 'GET /index.html HTTP/1.0\r\n\r\n' --timeout 10 2>"$WORK/pf.err" | tail -n1)
+        [ "$got" = hello-pf ] && break
+        sleep 0.5
+      done
+      echo "$h port $port: ${got:-$(tail -n1 "$WORK/pf.err")}"
+    done
+    cri stopp "$pod" && cri rmp "$pod"
+  done
+  leftovers
+}
+
+scenarios=${*:-pod host_namespaces memory port_forward}
 for s in $scenarios; do
   echo "=== begin $s"
   "s_$s" 2>&1

@@ -126,3 +126,20 @@ fn memory_limits_reach_the_guest_or_are_refused_beyond_the_vm() {
     assert_eq!(s.after("removed "), "0", "{}", s.output);
     assert_all_gone(s);
 }
+
+#[test]
+fn port_forward_reaches_servers_on_any_address_and_loopback_in_the_pod() {
+    let s = section("port_forward");
+    assert_eq!(s.status, 0, "{}", s.output);
+    for h in ["kata", "runc"] {
+        for port in [8080, 8081] {
+            assert_eq!(
+                s.after(&format!("{h} port {port}: ")),
+                "hello-pf",
+                "{}",
+                s.output
+            );
+        }
+    }
+    assert_all_gone(s);
+}

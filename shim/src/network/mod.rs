@@ -164,6 +164,13 @@ pub enum NetworkError {
     },
     #[error("{netns} is not a network namespace")]
     NotNetworkNamespace { netns: PathBuf },
+    #[error("Cannot listen on port {port} in the network namespace {netns}")]
+    Listen {
+        netns: PathBuf,
+        port: u16,
+        #[source]
+        source: io::Error,
+    },
     #[error("Cannot enter the network namespace {netns}")]
     EnterNamespace {
         netns: PathBuf,
@@ -252,6 +259,32 @@ pub fn detach(rec: &AttachedInterface) -> Result<()> {
         }
         other => other,
     }
+}
+
+/// TCP listeners on 127.0.0.1:`port` and [::1]:`port` in the namespace at `netns` (each that
+/// can be bound; an error only when neither can).
+pub fn listen_local(netns: &Path, port: u16) -> Result<Vec<std::net::TcpListener>> {
+    netns::run_in(netns, || {
+        let mut out = Vec::new();
+        let mut last = None;
+        for addr in [
+            std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+            std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port)),
+        ] {
+            match std::net::TcpListener::bind(addr) {
+                Ok(l) => out.push(l),
+                Err(e) => last = Some(e),
+            }
+        }
+        match (out.is_empty(), last) {
+            (true, Some(source)) => Err(NetworkError::Listen {
+                netns: netns.to_path_buf(),
+                port,
+                source,
+            }),
+            _ => Ok(out),
+        }
+    })
 }
 
 /// Who else uses the namespace at `netns`: processes other than this one (compared by the
