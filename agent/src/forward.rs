@@ -10,7 +10,7 @@
 //! guest's port, or `ERR <why>\n`, and then copies bytes both ways until either side closes.
 
 use std::collections::BTreeSet;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
@@ -123,7 +123,7 @@ pub fn serve(listener: OwnedFd) {
 /// used through `UnixStream`, which only reads, writes and shuts down its descriptor.)
 fn forward(host: UnixStream) -> io::Result<()> {
     host.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let line = read_header(&host)?;
+    let line = husk_agent_protocol::read_header_line(&host, 32)?;
     host.set_read_timeout(None)?;
     let port = line
         .strip_prefix("PORT ")
@@ -146,19 +146,6 @@ fn forward(host: UnixStream) -> io::Result<()> {
     copy_then_shutdown_rev(guest, host);
     let _ = up.join();
     Ok(())
-}
-
-/// The header line, read byte by byte: what follows it is the forwarded stream's.
-fn read_header(mut from: &UnixStream) -> io::Result<String> {
-    let mut line = Vec::new();
-    let mut byte = [0u8; 1];
-    while line.len() < 32 {
-        if from.read(&mut byte)? == 0 || byte[0] == b'\n' {
-            break;
-        }
-        line.push(byte[0]);
-    }
-    Ok(String::from_utf8_lossy(&line).into_owned())
 }
 
 /// The guest's port: on loopback first (servers on 127.0.0.1, 0.0.0.0 or ::), then on each of
@@ -208,6 +195,7 @@ fn copy_then_shutdown_rev(mut from: TcpStream, mut to: UnixStream) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Read;
 
     #[test]
     fn listeners_are_the_listen_rows() {

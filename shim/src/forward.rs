@@ -7,10 +7,9 @@
 //! from the guest: at most `MAX_PORTS` listeners are bound, and the relays are capped too.
 
 use std::collections::BTreeMap;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -137,7 +136,7 @@ fn relay(client: TcpStream, port: u16, vsock: &Path) -> io::Result<()> {
     let guest = hybrid_connect(vsock, FORWARD_PORT)?;
     guest.set_read_timeout(Some(Duration::from_secs(15)))?;
     (&guest).write_all(format!("PORT {port}\n").as_bytes())?;
-    let answer = read_line(&guest)?;
+    let answer = husk_agent_protocol::read_header_line(&guest, 256)?;
     if answer != "OK" {
         return Err(io::Error::other(format!("the guest answered {answer:?}")));
     }
@@ -151,19 +150,6 @@ fn relay(client: TcpStream, port: u16, vsock: &Path) -> io::Result<()> {
     let _ = client.shutdown(Shutdown::Write);
     let _ = up.join();
     Ok(())
-}
-
-/// One short line, byte by byte: what follows it belongs to the forwarded stream.
-fn read_line(mut from: &UnixStream) -> io::Result<String> {
-    let mut line = Vec::new();
-    let mut byte = [0u8; 1];
-    while line.len() < 256 {
-        if from.read(&mut byte)? == 0 || byte[0] == b'\n' {
-            break;
-        }
-        line.push(byte[0]);
-    }
-    Ok(String::from_utf8_lossy(&line).into_owned())
 }
 
 #[cfg(test)]

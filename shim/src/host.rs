@@ -318,11 +318,7 @@ impl HostSandbox {
         configure_guest_network(&vm.agent, &guests)?;
         let forwarder = match netns {
             Some(ns) => match vm.agent.process_connection() {
-                Ok(conn) => Some(crate::forward::start(
-                    ns,
-                    conn,
-                    vm.runtime_dir().join("vsock.sock"),
-                )),
+                Ok(conn) => Some(crate::forward::start(ns, conn, vm.vsock_path())),
                 Err(e) => {
                     tracing::warn!(error = %e, "no port forwarding into the pod");
                     None

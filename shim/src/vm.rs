@@ -51,6 +51,9 @@ impl VmError {
     }
 }
 
+/// The hybrid-vsock socket in the VM's runtime directory.
+const VSOCK_SOCKET: &str = "vsock.sock";
+
 /// What the VM gets: husk-vmm's configuration as a value, turned into its command line in
 /// one place ([`VmConfig::vmm_args`]).
 #[derive(Clone, Debug)]
@@ -104,7 +107,7 @@ impl VmConfig {
         arg("--vcpus", &self.vcpus.to_string().into());
         arg("--memory", &self.memory_mib.to_string().into());
         arg("--console", &dir.join("console.log").into());
-        arg("--vsock-uds", &dir.join("vsock.sock").into());
+        arg("--vsock-uds", &dir.join(VSOCK_SOCKET).into());
         let mut params: Vec<String> = self.kernel_params.iter().cloned().collect();
         for (i, v) in self.volumes.iter().enumerate() {
             let tag = format!("vol{i}");
@@ -318,7 +321,7 @@ impl Vm {
             }
             None => make_runtime_dir()?,
         };
-        let sock = dir.join("vsock.sock");
+        let sock = dir.join(VSOCK_SOCKET);
         // The agent connects to the host's port 1025 for its log: listen before it boots.
         let log_path = format!("{}_{}", sock.display(), husk_agent_protocol::LOG_PORT);
         let log_listener = match UnixListener::bind(&log_path) {
@@ -374,6 +377,11 @@ impl Vm {
 
     pub fn runtime_dir(&self) -> &Path {
         &self.process.dir
+    }
+
+    /// The VMM's hybrid-vsock socket.
+    pub fn vsock_path(&self) -> PathBuf {
+        self.process.dir.join(VSOCK_SOCKET)
     }
 
     /// The last lines of the guest's console, for diagnosing a VM that went away.

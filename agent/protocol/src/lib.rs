@@ -37,6 +37,20 @@ pub const LOG_PORT: u32 = 1025;
 /// `ERR <why>\n`.
 pub const FORWARD_PORT: u32 = 1026;
 
+/// A header line of a forwarding stream (without its `\n`), read byte by byte so that nothing
+/// after it is consumed; at most `max` bytes.
+pub fn read_header_line(mut from: impl std::io::Read, max: usize) -> std::io::Result<String> {
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while line.len() < max {
+        if from.read(&mut byte)? == 0 || byte[0] == b'\n' {
+            break;
+        }
+        line.push(byte[0]);
+    }
+    Ok(String::from_utf8_lossy(&line).into_owned())
+}
+
 /// In a container's spec sent to the agent, a namespace path `container:ID` names that
 /// namespace of container ID's init process in the guest: how a pod's containers join the
 /// sandbox container's UTS, IPC and PID namespaces.
