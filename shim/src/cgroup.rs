@@ -20,12 +20,26 @@ pub enum CgroupError {
     BadPath(String),
     #[error("The sandbox cgroup {0} already holds processes that husk did not start: use a cgroupsPath of its own")]
     InUse(String),
+    #[error("Cannot move the shim into cgroup {path}: {source}")]
+    Join {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("Cannot set cpuset.cpus {cpus:?} of the sandbox cgroup {path}: {source} (are the CPUs in the parent cgroup's cpuset?)")]
+    Cpuset {
+        path: String,
+        cpus: String,
+        source: std::io::Error,
+    },
 }
 
 impl CgroupError {
     /// The spec asked for something we refuse, as opposed to a host that failed us.
     pub fn is_bad_request(&self) -> bool {
-        !matches!(self, CgroupError::Create { .. })
+        !matches!(
+            self,
+            CgroupError::Create { .. } | CgroupError::Cpuset { .. } | CgroupError::Join { .. }
+        )
     }
 }
 
@@ -98,6 +112,40 @@ pub fn create(path: &str) -> Result<Option<PathBuf>, CgroupError> {
         source,
     })?;
     Ok(Some(PathBuf::from(ROOT).join(path).join("cgroup.procs")))
+}
+
+/// This process's cgroup (relative to the root) in the unified hierarchy.
+pub fn own_path() -> Option<String> {
+    let text = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .map(|p| p.trim_matches('/').to_string())
+}
+
+/// Moves this whole process (every thread) into cgroup `path` (relative to the root).
+pub fn join(path: &str) -> Result<(), CgroupError> {
+    let dir = PathBuf::from(ROOT).join(path);
+    std::fs::write(dir.join("cgroup.procs"), "0\n").map_err(|source| CgroupError::Join {
+        path: dir.display().to_string(),
+        source,
+    })
+}
+
+/// Sets the `cpuset.cpus` of cgroup `path` (an empty list: the parent's CPUs). Returns false,
+/// changing nothing, where the cgroup has no cpuset controller (a v1 host, a parent that does
+/// not delegate it): the vCPU threads' own affinity then confines the VM alone.
+pub fn set_cpus(path: &str, cpus: &str) -> Result<bool, CgroupError> {
+    let file = PathBuf::from(ROOT).join(path).join("cpuset.cpus");
+    if !file.is_file() {
+        return Ok(false);
+    }
+    // cgroupfs takes the list in one write; a newline ends it.
+    std::fs::write(&file, format!("{cpus}\n")).map_err(|source| CgroupError::Cpuset {
+        path: format!("{ROOT}/{path}"),
+        cpus: cpus.to_string(),
+        source,
+    })?;
+    Ok(true)
 }
 
 /// Kills whatever is left in cgroup `path` and removes it. Errors are logged: this is cleanup.

@@ -57,6 +57,14 @@ pub enum Error {
     Cgroup(#[source] crate::cgroup::CgroupError),
     #[error("Cannot start the sandbox VM")]
     Boot(#[source] VmError),
+    #[error("Cannot place the sandbox's vCPUs on the container's cpuset")]
+    Cpu(#[source] crate::cpus::CpuError),
+    #[error("Cannot set the OOM score adjustment of the VMM (pid {pid}) to {adj}: {source}")]
+    OomScore {
+        pid: u32,
+        adj: i32,
+        source: std::io::Error,
+    },
     #[error("Cannot prepare the sandbox's files")]
     Storage(#[from] StorageError),
     #[error(
@@ -116,6 +124,8 @@ impl Error {
             | Error::Spec(_)
             | Error::Config(_)
             | Error::HostNamespace { .. } => Code::INVALID_ARGUMENT,
+            Error::Cpu(crate::cpus::CpuError::BadList(_)) => Code::INVALID_ARGUMENT,
+            Error::Cpu(_) | Error::OomScore { .. } => Code::INTERNAL,
             Error::MemoryBeyondVm { .. } => Code::RESOURCE_EXHAUSTED,
             Error::NetnsInUse { .. } => Code::FAILED_PRECONDITION,
             Error::Network(_) => Code::INTERNAL,

@@ -10,6 +10,7 @@ use std::time::Duration;
 use std::os::fd::{AsRawFd, OwnedFd};
 
 use crate::agent::{ctx, Agent};
+use crate::cpus::{self, CpuSet};
 use crate::error::{Error, Result};
 use crate::network::{self, GuestInterface, NetworkModel};
 use crate::record::{ProcessIdentity, Record};
@@ -23,6 +24,10 @@ pub struct BootedVm {
     pub vmm_pid: u32,
     /// The guest's memory, in MiB (0: not known).
     pub memory_mib: u64,
+    /// The guest's vCPUs.
+    pub vcpus: u32,
+    /// The sandbox cgroup (relative to the cgroup root), when the VMM runs in one.
+    cgroup: Option<String>,
     /// Port forwarding into the pod (when it has a network namespace); stops with the VM.
     _forwarder: Option<crate::forward::PortForwarder>,
     vm: Option<Vm>,
@@ -35,6 +40,8 @@ impl BootedVm {
             agent,
             vmm_pid,
             memory_mib: 0,
+            vcpus: 1,
+            cgroup: None,
             _forwarder: None,
             vm: None,
         }
@@ -42,6 +49,57 @@ impl BootedVm {
 
     pub fn console_tail(&self) -> String {
         self.vm.as_ref().map(Vm::console_tail).unwrap_or_default()
+    }
+
+    /// Runs the vCPUs on host CPUs `pod` (the union of the pod's cpusets; empty: wherever the
+    /// sandbox cgroup allows): first the sandbox cgroup's cpuset, then each vCPU thread's
+    /// affinity. Returns each vCPU's host CPUs, which decide the containers' guest cpusets.
+    pub fn place_vcpus(&self, pod: &CpuSet) -> Result<Vec<CpuSet>> {
+        let placement = cpus::vcpu_placement(pod, self.vcpus);
+        let Some(vm) = &self.vm else {
+            return Ok(placement);
+        };
+        let list = cpus::format_list(pod);
+        if let Some(cgroup) = &self.cgroup {
+            if !crate::cgroup::set_cpus(cgroup, &list).map_err(Error::Cgroup)? {
+                tracing::info!(
+                    cgroup,
+                    "no cpuset controller in the sandbox cgroup: vCPU affinity only"
+                );
+            }
+        }
+        let threads = cpus::vcpu_threads(vm.guest_pid());
+        if threads.len() != self.vcpus as usize {
+            tracing::warn!(
+                found = threads.len(),
+                vcpus = self.vcpus,
+                "not every vCPU thread of the VMM was found"
+            );
+        }
+        for (index, tid) in threads {
+            if let Some(cpus) = placement.get(index as usize) {
+                cpus::pin_thread(tid, cpus).map_err(Error::Cpu)?;
+            }
+        }
+        tracing::info!(cpus = %list, vcpus = self.vcpus, one_to_one = pod.len() == self.vcpus as usize, "vCPUs placed");
+        Ok(placement)
+    }
+
+    /// Gives the VMM (and the jail's waiter above it) OOM score adjustment `adj` on the host:
+    /// the pod's containers' own, so that a node under memory pressure picks the pod's VM as
+    /// kubelet's QoS class says it would pick the pod's processes under runc.
+    pub fn set_oom_score_adj(&self, adj: i32) -> Result<()> {
+        let Some(vm) = &self.vm else {
+            return Ok(());
+        };
+        let mut pids = vec![vm.vmm_pid(), vm.guest_pid()];
+        pids.dedup();
+        for pid in pids {
+            std::fs::write(format!("/proc/{pid}/oom_score_adj"), adj.to_string())
+                .map_err(|source| Error::OomScore { pid, adj, source })?;
+        }
+        tracing::info!(adj, "VMM oom_score_adj set");
+        Ok(())
     }
 
     /// Kills the VMM of a guest that stopped answering.
@@ -130,6 +188,9 @@ pub struct HostSandbox {
     namespace: String,
     id: String,
     config_path: Option<PathBuf>,
+    /// The shim's own cgroup before it joined the sandbox's (`sandbox_cgroup_only`): where it
+    /// goes back before that cgroup is emptied and removed.
+    shim_cgroup: std::sync::Mutex<Option<String>>,
     dir: PathBuf,
 }
 
@@ -139,6 +200,7 @@ impl HostSandbox {
             namespace: namespace.into(),
             id: id.into(),
             config_path,
+            shim_cgroup: std::sync::Mutex::new(None),
             dir: sandbox_dir(namespace, id),
         }
     }
@@ -156,7 +218,7 @@ impl HostSandbox {
         &self,
         storage: &SandboxStorage,
         cgroup_procs: Option<PathBuf>,
-    ) -> Result<(VmConfig, NetworkModel)> {
+    ) -> Result<(VmConfig, NetworkModel, bool)> {
         let cfg = crate::config::load(self.config_path.as_deref())?;
         for w in &cfg.warnings {
             tracing::warn!("{w}");
@@ -184,11 +246,6 @@ impl HostSandbox {
                 });
             }
         }
-        if cfg.runtime.sandbox_cgroup_only {
-            tracing::info!(
-                "sandbox_cgroup_only: the VMM is in the sandbox cgroup; the shim stays in its own"
-            );
-        }
         let mut params = hv.kernel_params.clone();
         if hv.enable_debug || cfg.runtime.enable_debug {
             params.push_str(" agent.log=debug");
@@ -212,7 +269,11 @@ impl HostSandbox {
             cgroup_procs,
             net: Vec::new(),
         };
-        Ok((config, cfg.runtime.internetworking_model))
+        Ok((
+            config,
+            cfg.runtime.internetworking_model,
+            cfg.runtime.sandbox_cgroup_only,
+        ))
     }
 
     /// Connects the VM to the pod's namespace `netns`: a tap beside each CNI interface, joined
@@ -280,7 +341,15 @@ impl HostSandbox {
         if cgroup_procs.is_none() {
             tracing::warn!("no cgroup v2 hierarchy: the VMM stays in the shim's cgroup");
         }
-        let (mut config, model) = self.vm_config(&storage, cgroup_procs)?;
+        let (mut config, model, shim_too) = self.vm_config(&storage, cgroup_procs)?;
+        // The VMM always runs in the sandbox cgroup; with sandbox_cgroup_only the shim joins it,
+        // so the pod's cgroup accounts for every process of the sandbox.
+        if shim_too && config.cgroup_procs.is_some() {
+            let own = crate::cgroup::own_path();
+            crate::cgroup::join(&cgroup).map_err(Error::Cgroup)?;
+            *self.shim_cgroup.lock().expect("shim cgroup lock") = own;
+            tracing::info!(%cgroup, "sandbox_cgroup_only: the shim joined the sandbox cgroup");
+        }
         config.memory_mib =
             vm_memory_mib(config.memory_mib, req.extra_memory_mib, host_memory_mib());
         // The taps stay open here until the VMM holds them; then they live as long as it does.
@@ -316,7 +385,8 @@ impl HostSandbox {
         // The VMM holds the taps now: they go away with it.
         let guests: Vec<GuestInterface> = taps.into_iter().map(|(_, g)| g).collect();
         configure_guest_network(&vm.agent, &guests)?;
-        let forwarder = match netns {
+        // Only where the guest is connected to the pod's namespace.
+        let forwarder = match netns.filter(|_| model == NetworkModel::TcFilter) {
             Some(ns) => match vm.agent.process_connection() {
                 Ok(conn) => Some(crate::forward::start(ns, conn, vm.vsock_path())),
                 Err(e) => {
@@ -331,6 +401,8 @@ impl HostSandbox {
             agent: vm.agent.clone(),
             vmm_pid: vm.vmm_pid(),
             memory_mib: config.memory_mib,
+            vcpus: config.vcpus.into(),
+            cgroup: config.cgroup_procs.as_ref().map(|_| cgroup.clone()),
             _forwarder: forwarder,
             vm: Some(vm),
         })
@@ -404,6 +476,12 @@ impl Host for HostSandbox {
             }
         }
         if let Some(cgroup) = &rec.cgroup {
+            // A shim inside would be killed with the cgroup's processes.
+            if let Some(own) = self.shim_cgroup.lock().expect("shim cgroup lock").take() {
+                if let Err(e) = crate::cgroup::join(&own) {
+                    tracing::warn!(error = %e, "cannot leave the sandbox cgroup");
+                }
+            }
             crate::cgroup::remove(cgroup);
         }
         let _ = std::fs::remove_dir_all(self.dir.join("vm"));

@@ -10,6 +10,7 @@
 //!   after a shim crash; `storage` (every mount and its undoing, symlink-proof), `record` (the
 //!   host-only record cleanup works from), `cgroup`, `vm` (the husk-vmm child), `network`
 //!   (the pod's network namespace: its tap and tc redirect filters).
+//! - `cpus`: containers' cpusets as vCPU pinning on the host and cpusets in the guest.
 //! - `agent`: the agent's ttrpc connections; `io`: process stdio through the agent.
 //! - `spec`: the OCI spec rewritten for the guest; `config`: Kata's configuration.toml.
 //! - `error`: the shim's error type, the only place that knows ttrpc status codes.
@@ -18,6 +19,7 @@ pub mod agent;
 pub mod cgroup;
 pub mod config;
 pub mod container;
+pub mod cpus;
 pub mod error;
 pub mod events;
 pub mod forward;

@@ -6,7 +6,7 @@
 //! Each started process gets its own agent connection for its blocking reads and its wait; the
 //! health check has its own too (see `agent`).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::Duration;
@@ -16,6 +16,7 @@ use husk_agent_protocol::agent_ttrpc::AgentServiceClient;
 
 use crate::agent::{ctx, unbounded, AgentError};
 use crate::container::{self, harmless_before_start, Container, Exit, Phase, Process, Stdio};
+use crate::cpus::{self, CpuSet};
 use crate::error::{Error, Result};
 pub use crate::events::{Events, TaskEvent};
 use crate::host::{BootRequest, BootedVm, Host};
@@ -63,6 +64,12 @@ struct Inner {
     /// Ids being created or deleted: not in `containers`, but not free either.
     busy: HashSet<String>,
     shut_down: bool,
+    /// The host CPUs each container with a cpuset asked for (`linux.resources.cpu.cpus`).
+    cpusets: BTreeMap<String, CpuSet>,
+    /// The guest cpuset each of those containers was last given.
+    guest_cpusets: HashMap<String, String>,
+    /// The OOM score adjustment of each workload container (not CRI's sandbox container).
+    oom_scores: HashMap<String, i32>,
 }
 
 pub struct Sandbox {
@@ -72,6 +79,8 @@ pub struct Sandbox {
     health: HealthPolicy,
     inner: Mutex<Inner>,
     changed: Condvar,
+    /// Held while the vCPUs are placed, so that two containers' placements do not interleave.
+    placing: Mutex<()>,
 }
 
 impl Sandbox {
@@ -91,8 +100,12 @@ impl Sandbox {
                 containers: HashMap::new(),
                 busy: HashSet::new(),
                 shut_down: false,
+                cpusets: BTreeMap::new(),
+                guest_cpusets: HashMap::new(),
+                oom_scores: HashMap::new(),
             }),
             changed: Condvar::new(),
+            placing: Mutex::new(()),
         })
     }
 
@@ -301,8 +314,14 @@ impl Sandbox {
                 });
             }
         }
+        let cpuset = spec::cpuset(&oci).map_err(Error::Cpu)?;
+        let oom_score_adj = spec::workload_oom_score_adj(&oci);
         let host_name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-        let guest = spec::for_guest(&req.id, oci, host_name.trim());
+        let mut guest = spec::for_guest(&req.id, oci, host_name.trim());
+        if let Some(set) = cpuset.clone() {
+            let list = self.place_cpus(&vm, &req.id, Some(set))?;
+            spec::set_guest_cpus(&mut guest.spec, list.as_deref().unwrap_or_default());
+        }
         for d in &guest.dropped {
             tracing::warn!(container = %req.id, "ignored from the spec: {d}");
         }
@@ -331,9 +350,87 @@ impl Sandbox {
             });
         if let Err(e) = result {
             self.host.unmount_container(&req.id);
+            if cpuset.is_some() {
+                let _ = self.place_cpus(&vm, &req.id, None);
+            }
             return Err(e);
         }
+        if let Some(adj) = oom_score_adj {
+            self.lock().oom_scores.insert(req.id.clone(), adj);
+            self.apply_oom_score(&vm);
+        }
         Ok(vm)
+    }
+
+    /// Places the vCPUs for the pod's cpusets once container `id`'s is `set` (`None`: it has
+    /// none any more) and returns its guest cpuset. Siblings whose guest cpuset this moves are
+    /// updated in the guest.
+    fn place_cpus(&self, vm: &BootedVm, id: &str, set: Option<CpuSet>) -> Result<Option<String>> {
+        let _one_at_a_time = self.placing.lock().expect("placing lock");
+        let (before, all) = {
+            let mut inner = self.lock();
+            let before = inner.cpusets.clone();
+            match &set {
+                Some(s) => inner.cpusets.insert(id.into(), s.clone()),
+                None => inner.cpusets.remove(id),
+            };
+            if set.is_none() && before == inner.cpusets {
+                return Ok(None);
+            }
+            (before, inner.cpusets.clone())
+        };
+        let pod: CpuSet = all.values().flatten().copied().collect();
+        let placement = match vm.place_vcpus(&pod) {
+            Ok(p) => p,
+            Err(e) => {
+                self.lock().cpusets = before;
+                return Err(e);
+            }
+        };
+        let mut own = None;
+        for (cid, wanted) in &all {
+            let guest = cpus::format_list(&cpus::guest_cpus(wanted, &placement));
+            if cid == id {
+                own = Some(guest);
+                continue;
+            }
+            if self.lock().guest_cpusets.get(cid) == Some(&guest) {
+                continue;
+            }
+            let r = pb::UpdateContainerRequest {
+                container_id: cid.clone(),
+                resources: serde_json::json!({ "cpu": { "cpus": guest } })
+                    .to_string()
+                    .into_bytes(),
+                ..Default::default()
+            };
+            match vm.agent.api().update_container(ctx(), &r) {
+                Ok(_) => {
+                    self.lock().guest_cpusets.insert(cid.clone(), guest);
+                }
+                Err(e) => {
+                    let e = AgentError::from(e);
+                    tracing::warn!(container = %cid, error = %e, "cannot move the container to its new vCPUs");
+                }
+            }
+        }
+        let mut inner = self.lock();
+        match &own {
+            Some(g) => inner.guest_cpusets.insert(id.into(), g.clone()),
+            None => inner.guest_cpusets.remove(id),
+        };
+        Ok(own)
+    }
+
+    /// Gives the VMM the lowest OOM score adjustment of the pod's workload containers: killing
+    /// the VMM kills them all, so it is protected as their most protected one.
+    fn apply_oom_score(&self, vm: &BootedVm) {
+        let Some(adj) = self.lock().oom_scores.values().min().copied() else {
+            return;
+        };
+        if let Err(e) = vm.set_oom_score_adj(adj) {
+            tracing::warn!(error = %e.chain(), "cannot give the VMM the pod's OOM score");
+        }
     }
 
     pub fn start(self: &Arc<Self>, id: &str, exec_id: &str) -> Result<u32> {
@@ -459,7 +556,21 @@ impl Sandbox {
             }
         }
         self.host.unmount_container(id);
-        self.lock().busy.remove(id);
+        if let Ok(vm) = self.vm() {
+            if let Err(e) = self.place_cpus(&vm, id, None) {
+                tracing::warn!(container = %id, error = %e.chain(), "cannot place the vCPUs for the remaining cpusets");
+            }
+            if self.lock().oom_scores.remove(id).is_some() {
+                self.apply_oom_score(&vm);
+            }
+        }
+        {
+            let mut inner = self.lock();
+            inner.cpusets.remove(id);
+            inner.guest_cpusets.remove(id);
+            inner.oom_scores.remove(id);
+            inner.busy.remove(id);
+        }
         let exit = c.init.wait();
         tracing::info!(container = %id, "deleted");
         self.publish(TaskEvent::Delete {
@@ -629,15 +740,30 @@ impl Sandbox {
     }
 
     /// Applies new resources (OCI `LinuxResources` as JSON) to the container.
+    /// A cpuset names host CPUs: the vCPUs are placed anew and the guest gets its own numbers.
     pub fn update(&self, id: &str, resources: Vec<u8>) -> Result<()> {
         self.process(id, "")?;
+        let vm = self.vm()?;
+        let mut value: serde_json::Value = serde_json::from_slice(&resources)
+            .map_err(|e| Error::InvalidRequest(format!("the resources are not JSON: {e}")))?;
+        let wanted = value["cpu"]["cpus"]
+            .as_str()
+            .filter(|c| !c.trim().is_empty());
+        let resources = match wanted {
+            Some(list) => {
+                let set = cpus::parse_list(list).map_err(Error::Cpu)?;
+                let guest = self.place_cpus(&vm, id, Some(set))?;
+                spec::set_guest_cpus_of(&mut value, guest.as_deref().unwrap_or_default());
+                value.to_string().into_bytes()
+            }
+            None => resources,
+        };
         let r = pb::UpdateContainerRequest {
             container_id: id.into(),
             resources,
             ..Default::default()
         };
-        self.vm()?
-            .agent
+        vm.agent
             .api()
             .update_container(ctx(), &r)
             .map_err(Error::agent("update the container's resources"))?;

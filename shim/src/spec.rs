@@ -6,6 +6,8 @@
 use std::path::{Path, PathBuf};
 
 use husk_agent_protocol::CONTAINER_NS_PREFIX;
+
+use crate::cpus::{self, CpuError, CpuSet};
 use serde_json::Value;
 
 /// Where the agent mounts the sandbox share in the guest (Kata's path, so tooling that knows
@@ -103,6 +105,14 @@ pub fn for_guest(id: &str, mut spec: Value, host_name: &str) -> GuestSpec {
     }
     if let Some(linux) = spec.get_mut("linux").and_then(Value::as_object_mut) {
         linux.remove("mountLabel");
+        // The guest has one memory node; its cpuset (vCPU numbers) is set by the sandbox.
+        if let Some(cpu) = linux
+            .get_mut("resources")
+            .and_then(|r| r.get_mut("cpu"))
+            .and_then(Value::as_object_mut)
+        {
+            cpu.remove("mems");
+        }
         // containerd's path may be systemd-style ("slice:prefix:name"); inside the guest every
         // container gets a plain cgroup of its own.
         linux.insert("cgroupsPath".into(), Value::String(format!("/husk/{id}")));
@@ -183,6 +193,44 @@ pub fn memory_request_mib(spec: &Value) -> u64 {
         .and_then(|m| u64::try_from(m).ok());
     // A container of a pod is never the first to boot its VM: only the sandbox's own limit counts.
     pod.or(own).map_or(0, |bytes| bytes.div_ceil(1 << 20))
+}
+
+/// The host CPUs container `spec` asks for (`linux.resources.cpu.cpus`), if any.
+pub fn cpuset(spec: &Value) -> Result<Option<CpuSet>, CpuError> {
+    match spec["linux"]["resources"]["cpu"]["cpus"].as_str() {
+        Some(list) if !list.trim().is_empty() => cpus::parse_list(list).map(Some),
+        _ => Ok(None),
+    }
+}
+
+/// Gives the guest's spec the guest cpuset `list` (vCPU numbers) in place of the host's.
+pub fn set_guest_cpus(spec: &mut Value, list: &str) {
+    if spec["linux"]["resources"]["cpu"].is_object() {
+        set_guest_cpus_of(&mut spec["linux"]["resources"], list);
+    }
+}
+
+/// The same on OCI `LinuxResources` (an update): `cpus` in guest numbers; `mems` dropped, as the
+/// guest has one memory node.
+pub fn set_guest_cpus_of(resources: &mut Value, list: &str) {
+    if let Some(cpu) = resources["cpu"].as_object_mut() {
+        cpu.remove("mems");
+        if !list.is_empty() {
+            cpu.insert("cpus".into(), Value::String(list.into()));
+        }
+    }
+}
+
+/// The OOM score adjustment of a workload container (kubelet's, from the pod's QoS class);
+/// `None` for CRI's sandbox container, whose pause process kubelet always protects.
+pub fn workload_oom_score_adj(spec: &Value) -> Option<i32> {
+    if spec["annotations"]["io.kubernetes.cri.container-type"] == "sandbox" {
+        return None;
+    }
+    spec["process"]["oomScoreAdj"]
+        .as_i64()
+        .and_then(|a| i32::try_from(a).ok())
+        .filter(|a| (-1000..=1000).contains(a))
 }
 
 /// The sandbox a container belongs to: CRI names it in an annotation; a container without one
@@ -358,6 +406,43 @@ mod tests {
         assert_eq!(memory_request_mib(&unlimited), 0);
         let bad = json!({"annotations": {"io.kubernetes.cri.sandbox-memory": "lots"}});
         assert_eq!(memory_request_mib(&bad), 0);
+    }
+
+    #[test]
+    fn cpusets_are_host_cpus_rewritten_to_vcpus_for_the_guest() {
+        let spec = json!({
+            "linux": {"namespaces": [{"type": "pid"}],
+                      "resources": {"cpu": {"cpus": "2-3", "mems": "1", "shares": 2}}}
+        });
+        assert_eq!(cpuset(&spec).unwrap(), Some(CpuSet::from([2, 3])));
+        assert_eq!(cpuset(&json!({})).unwrap(), None);
+        let empty = json!({"linux": {"resources": {"cpu": {"cpus": ""}}}});
+        assert_eq!(cpuset(&empty).unwrap(), None);
+        let bad = json!({"linux": {"resources": {"cpu": {"cpus": "two"}}}});
+        assert!(cpuset(&bad).unwrap_err().to_string().contains("\"two\""));
+        let mut guest = for_guest("c", spec, "").spec;
+        assert_eq!(guest["linux"]["resources"]["cpu"]["mems"], Value::Null);
+        set_guest_cpus(&mut guest, "0-1");
+        assert_eq!(
+            guest["linux"]["resources"]["cpu"],
+            json!({"cpus": "0-1", "shares": 2})
+        );
+    }
+
+    #[test]
+    fn the_oom_score_of_workloads_not_of_the_pause_container() {
+        let app = json!({"process": {"oomScoreAdj": 1000}});
+        assert_eq!(workload_oom_score_adj(&app), Some(1000));
+        let pause = json!({
+            "process": {"oomScoreAdj": -998},
+            "annotations": {"io.kubernetes.cri.container-type": "sandbox"}
+        });
+        assert_eq!(workload_oom_score_adj(&pause), None);
+        assert_eq!(workload_oom_score_adj(&json!({"process": {}})), None);
+        assert_eq!(
+            workload_oom_score_adj(&json!({"process": {"oomScoreAdj": 5000}})),
+            None
+        );
     }
 
     #[test]

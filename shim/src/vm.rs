@@ -393,6 +393,16 @@ impl Vm {
         self.process.child.id()
     }
 
+    /// The process that runs the guest: the jailed VMM is the only child of the process the
+    /// shim started (which waits for it); an unjailed VMM is that process itself.
+    pub fn guest_pid(&self) -> u32 {
+        let pid = self.vmm_pid();
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+            .ok()
+            .and_then(|c| c.split_whitespace().next()?.parse().ok())
+            .unwrap_or(pid)
+    }
+
     /// Kills the VMM now (a guest that stopped answering); the rest goes with the `Vm`.
     pub fn kill(&self) {
         // SAFETY: kill has no memory preconditions; the pid is our own child's, which is not

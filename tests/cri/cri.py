@@ -701,15 +701,18 @@ def exit_code_from_status(raw):
     raise StreamError(st.get("message") or raw)
 
 
-def remote_command(url, stdin_data=None, out=None, err=None, timeout=None):
-    """Run an Exec/Attach stream: send stdin_data (if any) on stdin, copy
-    stdout/stderr to the binary files `out`/`err` as they come. Returns
-    (status_json_text, timed_out). timeout=None waits for the server to
-    close the stream."""
+def remote_command(url, stdin_data=None, out=None, err=None, timeout=None, size=None):
+    """Run an Exec/Attach stream: send the terminal size `size` (width,
+    height) first if given, as kubectl does for -t, then stdin_data (if any)
+    on stdin; copy stdout/stderr to the binary files `out`/`err` as they come.
+    Returns (status_json_text, timed_out). timeout=None waits for the server
+    to close the stream."""
     conn = ChannelConn(url)
     status = b""
     deadline = None if not timeout else time.monotonic() + timeout
     try:
+        if size:
+            conn.send(RESIZE, json.dumps({"Width": size[0], "Height": size[1]}).encode())
         if stdin_data:
             conn.send(STDIN, stdin_data)
         while True:
@@ -981,6 +984,16 @@ def cmd_update(c, a):
     c.update_container_resources(a.id, res)
 
 
+def _size(text):
+    """"COLSxROWS" -> (width, height), or None."""
+    if not text:
+        return None
+    w, _, h = text.partition("x")
+    if not (w.isdigit() and h.isdigit()):
+        raise SystemExit("cri: --size must be COLSxROWS, e.g. 100x30, not %r" % text)
+    return int(w), int(h)
+
+
 def _exec_req(a):
     if not a.cmd:
         raise SystemExit("cri: %s: missing command after --" % a.command)
@@ -1008,7 +1021,8 @@ def cmd_exec(c, a):
     data = _payload(a.stdin_data, a.stdin_file)
     a.stdin = a.stdin or data is not None
     url = c.exec(_exec_req(a)).url
-    status, timed_out = remote_command(url, data, sys.stdout.buffer, sys.stderr.buffer, a.timeout)
+    status, timed_out = remote_command(url, data, sys.stdout.buffer, sys.stderr.buffer, a.timeout,
+                                       _size(a.size))
     if timed_out:
         print("cri: Exec: timeout: no end of stream after %ss" % a.timeout, file=sys.stderr)
         return 124
@@ -1019,7 +1033,8 @@ def cmd_attach(c, a):
     data = _payload(a.stdin_data, a.stdin_file)
     a.stdin = a.stdin or data is not None
     url = c.attach(_attach_req(a)).url
-    status, timed_out = remote_command(url, data, sys.stdout.buffer, sys.stderr.buffer, a.timeout)
+    status, timed_out = remote_command(url, data, sys.stdout.buffer, sys.stderr.buffer, a.timeout,
+                                       _size(a.size))
     # Attach runs until the container exits; a timeout is a normal way out.
     return 0 if timed_out else exit_code_from_status(status)
 
@@ -1091,6 +1106,7 @@ def build_parser():
         sp.add_argument("--stdin", action="store_true", help="open stdin even without data")
         sp.add_argument("--tty", action="store_true")
         sp.add_argument("--timeout", type=float, default=0, metavar="S", help="give up after S seconds (0 = never)")
+        sp.add_argument("--size", metavar="COLSxROWS", help="terminal size to send first (with --tty), e.g. 100x30")
 
     cmd("version", cmd_version, "Version RPC")
     sp = cmd("status", cmd_status, "runtime Status (conditions)")
