@@ -105,6 +105,15 @@ impl Containers {
             seccomp::nnp_for_libcontainer(process);
         }
         self.join_container_namespaces(procs, &mut spec)?;
+        if crate::devices::is_privileged(&spec) {
+            let n = crate::devices::add_to_privileged(
+                &mut spec,
+                crate::devices::guest_devices(Path::new("/dev")),
+            );
+            crate::log::debug(&format!(
+                "privileged container {id}: {n} guest devices added"
+            ));
+        }
         let terminal = spec["process"]["terminal"].as_bool().unwrap_or(false);
         let cgroup = spec["linux"]["cgroupsPath"].as_str().map(str::to_string);
         {

@@ -18,6 +18,7 @@ macro_rules! say {
 }
 
 mod container;
+mod devices;
 mod forward;
 mod init;
 mod log;

@@ -25,3 +25,7 @@ HUSK_TESTHOST_TIMEOUT=${HUSK_TESTHOST_TIMEOUT:-1200} tests/testhost/run.sh tests
 echo
 HUSK_TESTHOST_TIMEOUT=${HUSK_TESTHOST_TIMEOUT:-1200} tests/testhost/run.sh tests/bench/net_bench.sh \
   target/x86_64-unknown-linux-gnu/release/husk-netprobe "${HUSK_BENCH_NET_MIB:-64}" </dev/null
+
+echo
+HUSK_TESTHOST_TIMEOUT=${HUSK_TESTHOST_TIMEOUT:-1500} tests/testhost/run.sh tests/bench/cri_bench.sh \
+  "${HUSK_BENCH_CRI_RUNS:-10}" "${HUSK_BENCH_CRI_PODS:-10}" </dev/null

@@ -212,10 +212,12 @@ def at_once(c, pods, idle_s):
 
 def main():
     sock, runs, pods = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-    with cri.Cri(sock, timeout=300) as c:
-        sequential(c, runs)
-        print()
-        at_once(c, pods, idle_s=10)
+    with cri.Cri(sock, timeout=900) as c:
+        if runs > 0:
+            sequential(c, runs)
+            print()
+        if pods > 0:
+            at_once(c, pods, idle_s=10)
 
 
 if __name__ == "__main__":

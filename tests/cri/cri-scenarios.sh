@@ -225,7 +225,30 @@ s_streams() {
   leftovers
 }
 
-scenarios=${*:-pod host_namespaces memory port_forward resources streams}
+# A privileged pod under husk: its privileged container gets the guest's devices (the serial
+# port here) and the capabilities to use them in the guest, never the host's devices (the test
+# host's /dev/kvm); a plain sibling gets neither. /dev/shm is the pod's, sized as CRI made it.
+s_privileged() {
+  local pod c p has='for d in "$@"; do [ -e "$d" ] && echo -n "$d "; done; echo'
+  pod=$(cri runp --name priv --uid priv --privileged --runtime-handler kata) || return 1
+  c=$(cri create "$pod" --name app --image $IMAGE --privileged -- sleep 1000)
+  cri start "$c" >/dev/null
+  p=$(cri create "$pod" --name plain --image $IMAGE -- sleep 1000)
+  cri start "$p" >/dev/null
+  echo "state $(wait_state "$c" CONTAINER_RUNNING) $(wait_state "$p" CONTAINER_RUNNING)"
+  echo "privileged devices $(cri exec-sync "$c" -- sh -c "$has" - /dev/ttyS0 /dev/kvm /dev/vsock)"
+  echo "plain devices $(cri exec-sync "$p" -- sh -c "$has" - /dev/ttyS0 /dev/kvm /dev/vsock)"
+  echo "privileged mount $(cri exec-sync "$c" -- sh -c 'mkdir -p /mnt/t && mount -t tmpfs t /mnt/t && echo ok')"
+  echo "plain mount $(cri exec-sync "$p" -- sh -c 'mkdir -p /mnt/t && mount -t tmpfs t /mnt/t 2>/dev/null && echo ok || echo refused')"
+  # statfs of the path (df goes by device number, and every virtio-fs mount in the guest has one).
+  echo "shm size $(cri exec-sync "$c" -- stat -f -c '%b %S' /dev/shm | awk '{print $1 * $2 / 1024}')"
+  echo "shm shared $(cri exec-sync "$c" -- sh -c 'echo x > /dev/shm/seg' && cri exec-sync "$p" -- cat /dev/shm/seg)"
+  cri stopp "$pod" >/dev/null && cri rmp "$pod" >/dev/null
+  echo "removed $?"
+  leftovers
+}
+
+scenarios=${*:-pod host_namespaces memory port_forward resources streams privileged}
 for s in $scenarios; do
   echo "=== begin $s"
   "s_$s" 2>&1

@@ -292,7 +292,7 @@ def _kv(items):
 
 def pod_config(name, uid=None, namespace="default", hostname=None, log_dir=None,
                host_network=False, host_pid=False, host_ipc=False, dns=None,
-               cgroup_parent=None, annotations=None, labels=None, share_pid=False):
+               cgroup_parent=None, annotations=None, labels=None, share_pid=False, privileged=False):
     """A PodSandboxConfig shaped like kubelet's. Namespaces: network and IPC
     per pod unless host_*; PID per container unless share_pid or host_pid
     (kubelet's default for shareProcessNamespace=false). `dns` is a DNSConfig
@@ -311,6 +311,7 @@ def pod_config(name, uid=None, namespace="default", hostname=None, log_dir=None,
         cfg.dns_config.CopyFrom(dns if isinstance(dns, pb.DNSConfig) else pb.DNSConfig(**dns))
     lx = cfg.linux
     lx.cgroup_parent = cgroup_parent or ""
+    lx.security_context.privileged = privileged
     ns = lx.security_context.namespace_options
     ns.network = pb.NODE if host_network else pb.POD
     ns.pid = pb.NODE if host_pid else (pb.POD if share_pid else pb.CONTAINER)
@@ -336,7 +337,8 @@ def _mount(m):
 def container_config(name, image, command=(), args=(), log_path=None, mounts=(),
                      memory_limit=None, cpu_quota=None, cpu_period=None, cpuset=None,
                      oom_score_adj=None, tty=False, stdin=False, envs=None,
-                     cpu_shares=None, working_dir=None, labels=None, annotations=None):
+                     cpu_shares=None, working_dir=None, labels=None, annotations=None,
+                     privileged=False):
     """A ContainerConfig. `command`/`args` are the k8s command (entrypoint
     override) and args; empty means the image's. `log_path` is relative to
     the pod's log directory. Resources are only sent when some are given."""
@@ -351,6 +353,7 @@ def container_config(name, image, command=(), args=(), log_path=None, mounts=(),
         mounts=[_mount(m) for m in mounts],
         labels=_kv(labels), annotations=_kv(annotations),
         log_path=log_path or "", tty=tty, stdin=stdin)
+    cfg.linux.security_context.privileged = privileged
     res = _resources(memory_limit, cpu_quota, cpu_period, cpuset, oom_score_adj, cpu_shares)
     if res is not None:
         cfg.linux.resources.CopyFrom(res)
@@ -897,7 +900,7 @@ def cmd_runp(c, a):
     cfg = pod_config(a.name, a.uid, namespace=a.namespace, hostname=a.hostname, log_dir=a.log_dir,
                      host_network=a.host_network, host_pid=a.host_pid, host_ipc=a.host_ipc, dns=dns,
                      cgroup_parent=a.cgroup_parent, annotations=a.annotation, labels=a.label,
-                     share_pid=a.share_pid)
+                     share_pid=a.share_pid, privileged=a.privileged)
     print(c.run_pod_sandbox(cfg, a.runtime_handler).pod_sandbox_id)
 
 
@@ -907,7 +910,7 @@ def cmd_create(c, a):
                            memory_limit=a.memory, cpu_quota=a.cpu_quota, cpu_period=a.cpu_period,
                            cpuset=a.cpuset, oom_score_adj=a.oom_score_adj, tty=a.tty, stdin=a.stdin,
                            envs=a.env, cpu_shares=a.cpu_shares, working_dir=a.workdir,
-                           labels=a.label, annotations=a.annotation)
+                           labels=a.label, annotations=a.annotation, privileged=a.privileged)
     print(c.create_container(a.pod, cfg).container_id)
 
 
@@ -1121,6 +1124,7 @@ def build_parser():
     sp.add_argument("--host-network", action="store_true")
     sp.add_argument("--host-pid", action="store_true")
     sp.add_argument("--host-ipc", action="store_true")
+    sp.add_argument("--privileged", action="store_true", help="allow privileged containers in the pod")
     sp.add_argument("--share-pid", action="store_true", help="one PID namespace for the whole pod")
     sp.add_argument("--cgroup-parent")
     sp.add_argument("--dns-server", action="append", default=[], metavar="IP")
@@ -1139,6 +1143,7 @@ def build_parser():
     sp.add_argument("--mount", action="append", default=[], metavar="HOST:CTR[:ro]")
     resources(sp)
     sp.add_argument("--oom-score-adj", type=int)
+    sp.add_argument("--privileged", action="store_true")
     sp.add_argument("--tty", action="store_true")
     sp.add_argument("--stdin", action="store_true")
     sp.add_argument("--workdir")

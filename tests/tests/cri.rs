@@ -205,3 +205,26 @@ fn exec_with_a_terminal_and_its_size_and_attach_with_stdin() {
     }
     assert_all_gone(s);
 }
+
+#[test]
+fn privileged_pods_get_the_guests_devices_never_the_hosts() {
+    let s = section("privileged");
+    assert_eq!(s.status, 0, "{}", s.output);
+    assert_eq!(
+        s.after("state "),
+        "CONTAINER_RUNNING CONTAINER_RUNNING",
+        "{}",
+        s.output
+    );
+    // The guest's serial port, not the node's /dev/kvm, nor the agent's vsock.
+    let devices = |who: &str| s.after(&format!("{who} devices ")).trim().to_string();
+    assert_eq!(devices("privileged"), "/dev/ttyS0", "{}", s.output);
+    assert_eq!(devices("plain"), "", "{}", s.output);
+    assert_eq!(s.after("privileged mount "), "ok", "{}", s.output);
+    assert_eq!(s.after("plain mount "), "refused", "{}", s.output);
+    // CRI's 64 MiB /dev/shm, one for the whole pod.
+    assert_eq!(s.after("shm size "), "65536", "{}", s.output);
+    assert_eq!(s.after("shm shared "), "x", "{}", s.output);
+    assert_eq!(s.after("removed "), "0", "{}", s.output);
+    assert_all_gone(s);
+}
