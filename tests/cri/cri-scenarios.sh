@@ -124,17 +124,22 @@ s_memory() {
 }
 
 # kubectl port-forward (CRI PortForward through containerd's streaming server) to servers on
-# 0.0.0.0 and on 127.0.0.1 in the pod, with each handler.
+# 0.0.0.0, on 127.0.0.1 and on the pod IP only, in the pod, with each handler.
 s_port_forward() {
   local h pod c port got
   for h in kata runc; do
     pod=$(cri runp --name "pf-$h" --uid "pf-$h" --runtime-handler "$h") || { echo "$h runp failed"; continue; }
     c=$(cri create "$pod" --name web --image $IMAGE -- sh -c \
-      'mkdir -p /www && echo hello-pf > /www/index.html && httpd -p 8080 -h /www && httpd -f -p 127.0.0.1:8081 -h /www')
+      'mkdir -p /www && echo hello-pf > /www/index.html && httpd -p 8080 -h /www &&
+       ip=$(ip -4 -o addr show eth0 | sed "s/.* inet \([0-9.]*\).*/\1/") && httpd -p "$ip:8082" -h /www &&
+       httpd -f -p 127.0.0.1:8081 -h /www')
     cri start "$c"
-    for port in 8080 8081; do
+    # 8080 waits for the servers to start; by then the others are up. containerd 1.6 dials
+    # localhost in the pod's namespace, so under runc a server on the pod IP alone (8082) is not
+    # reached; under husk the agent dials the guest's addresses too.
+    for port in 8080 8081 8082; do
       got=""
-      for _ in $(seq 30); do
+      for _ in $(seq "$([ $port = 8080 ] && echo 30 || echo 2)"); do
         got=$(cri pf-get "$pod" $port --send 'GET /index.html HTTP/1.0\r\n\r\n' --timeout 10 2>"$WORK/pf.err" | tail -n1)
         [ "$got" = hello-pf ] && break
         sleep 0.5

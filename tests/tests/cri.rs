@@ -128,7 +128,7 @@ fn memory_limits_reach_the_guest_or_are_refused_beyond_the_vm() {
 }
 
 #[test]
-fn port_forward_reaches_servers_on_any_address_and_loopback_in_the_pod() {
+fn port_forward_reaches_servers_on_any_address_loopback_and_the_pod_ip() {
     let s = section("port_forward");
     assert_eq!(s.status, 0, "{}", s.output);
     for h in ["kata", "runc"] {
@@ -141,6 +141,9 @@ fn port_forward_reaches_servers_on_any_address_and_loopback_in_the_pod() {
             );
         }
     }
+    // A server on the pod IP alone: husk reaches it. (containerd 1.6 dials localhost in the
+    // pod's namespace, so runc's pods do not: that line is only printed.)
+    assert_eq!(s.after("kata port 8082: "), "hello-pf", "{}", s.output);
     assert_all_gone(s);
 }
 
