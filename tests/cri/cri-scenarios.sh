@@ -37,12 +37,7 @@ s_pod() {
     echo "$h side state $(wait_state "$c2" CONTAINER_RUNNING)"
     echo "$h hostname $(cri exec-sync "$c1" -- hostname)"
     echo "$h side hostname $(cri exec-sync "$c2" -- hostname)"
-    # The volume checks run with husk only. TEST_HOST_RUNC_EXEC: the test host runs its command
-    # chrooted on the initramfs, where pivot_root is impossible, so runc moves each container's
-    # root instead; `runc exec` then lands at the mount namespace's root, the test host's, not
-    # the container's (its /proc/1 is the test host's init), and sees none of CRI's mounts. The
-    # runc container itself has them; on a normal host, both do.
-    if [ "$h" = kata ]; then
+    {
       echo "$h resolv $(cri exec-sync "$c1" -- cat /etc/resolv.conf | tr '\n' ' ')"
       echo "$h hosts has hostname $(cri exec-sync "$c1" -- grep -c web-0 /etc/hosts)"
       echo "$h emptyDir shared $(cri exec-sync "$c2" -- cat /data/from-app)"
@@ -59,7 +54,7 @@ s_pod() {
         sleep 0.2
       done
       echo "$h projected update $seen"
-    fi
+    }
     echo "$h ipc shared $(cri exec-sync "$c1" -- readlink /proc/self/ns/ipc | cut -c1-4)$( \
       [ "$(cri exec-sync "$c1" -- readlink /proc/self/ns/ipc)" = "$(cri exec-sync "$c2" -- readlink /proc/self/ns/ipc)" ] && echo ' same')"
     cri exec-sync "$c1" --timeout 2 -- sleep 30 >/dev/null 2>"$WORK/timeout.err"
@@ -167,19 +162,15 @@ s_resources() {
     c=$(cri create "$pod" --name app --image $IMAGE --cpuset "$cpu" --oom-score-adj 500 -- sleep 1000)
     cri start "$c" >/dev/null
     echo "$h state $(wait_state "$c" CONTAINER_RUNNING)"
+    echo "$h container cpuset $(cri exec-sync "$c" -- cat /sys/fs/cgroup/cpuset.cpus.effective)"
+    echo "$h container oom_score_adj $(cri exec-sync "$c" -- cat /proc/1/oom_score_adj)"
     if [ "$h" = runc ]; then
-      # Read from the host: in the test host runc's execs do not enter the container's root
-      # (see TEST_HOST_RUNC_EXEC in s_pod).
       pid=$(cri inspect "$c" --verbose | /usr/bin/python3 -c '
 import json, sys
 print(json.loads(json.load(sys.stdin)["info"]["info"])["pid"])')
       cg=$(sed -n 's/^0:://p' "/proc/$pid/cgroup")
-      echo "$h container cpuset $(cat "/sys/fs/cgroup$cg/cpuset.cpus.effective")"
-      echo "$h container oom_score_adj $(cat "/proc/$pid/oom_score_adj")"
       echo "$h container cgroup below parent $(case $cg in "$parent"/*) echo yes ;; *) echo "no: $cg" ;; esac)"
     else
-      echo "$h container cpuset $(cri exec-sync "$c" -- cat /sys/fs/cgroup/cpuset.cpus.effective)"
-      echo "$h container oom_score_adj $(cri exec-sync "$c" -- cat /proc/1/oom_score_adj)"
 
       # The jailed VMM is the newest husk-vmm, the child of the one the shim started.
       vmm=$(pgrep -xn husk-vmm)
@@ -209,14 +200,11 @@ s_streams() {
     c=$(cri create "$pod" --name app --image $IMAGE -- sleep 1000)
     cri start "$c" >/dev/null
     # kubectl exec -it (stdin and a terminal). The size is sent first; the loop only waits for
-    # it to reach the terminal. (runc's execs cannot open a terminal in the test host: see
-    # TEST_HOST_RUNC_EXEC.)
-    if [ "$h" = kata ]; then
-      out=$(cri exec "$c" --stdin --tty --size 100x30 --timeout 60 -- sh -c \
-        'for i in $(seq 100); do s=$(stty size); [ "$s" = "30 100" ] && break; sleep 0.1; done; echo "size $s"; exit 3')
-      st=$?
-      echo "$h exec tty $(echo "$out" | tr -d '\r' | grep '^size') status $st"
-    fi
+    # it to reach the terminal.
+    out=$(cri exec "$c" --stdin --tty --size 100x30 --timeout 60 -- sh -c \
+      'for i in $(seq 100); do s=$(stty size); [ "$s" = "30 100" ] && break; sleep 0.1; done; echo "size $s"; exit 3')
+    st=$?
+    echo "$h exec tty $(echo "$out" | tr -d '\r' | grep '^size') status $st"
     out=$(cri exec "$c" --stdin-data 'piped\n' --timeout 60 -- sh -c 'read l; echo "read $l"; echo err >&2' 2>&1)
     echo "$h exec stdin $(echo "$out" | sort | tr '\n' ' ')"
     # A container that reads its stdin (kubectl run -i, kubectl attach).

@@ -137,9 +137,17 @@ alive=$!
 stdin=/dev/null
 [ -f /io/stdin ] && stdin=/io/stdin
 [ -x $r/bin/bash ] || fail "the host has no /bin/bash"
-chroot $r /bin/bash -c "$runner" husk-runner "$(cat /io/cwd)" \
+# The new root goes on top of the initramfs' own root (switch_root's way) before the chroot: in
+# a mount namespace cloned from this one, the root found first is then the new root, not the
+# initramfs. runc needs that: `runc exec` enters a container's mount namespace at its root, and
+# the container's root was pivoted on top of it. (This shell keeps the initramfs as its root:
+# an absolute path resolves from its root without crossing the mount above it.)
+cd $r || fail "cannot enter the new root"
+mount --move . / || fail "cannot move the new root onto /"
+chroot . /bin/bash -c "$runner" husk-runner "$(cat /io/cwd)" \
   3</io/argv 4</io/env <"$stdin" >>/io/stdout 2>>/io/stderr
 status=$?
+cd /
 kill "$heartbeat" "$alive" 2>/dev/null
 echo "$status" >/io/status
 

@@ -74,20 +74,22 @@ fn a_pod_is_one_vm_whose_containers_share_hostname_ipc_and_volumes() {
         assert_eq!(line("log format"), "1", "{h}\n{}", s.output);
         assert_eq!(line("removed"), "0", "{h}\n{}", s.output);
     }
-    // Volumes as kubelet hands them over (husk only: see the scenario).
-    let kata = |what: &str| s.after(&format!("kata {what} ")).to_string();
-    assert_eq!(
-        kata("resolv"),
-        "search svc.cluster.local nameserver 10.88.0.1 ",
-        "{}",
-        s.output
-    );
-    assert_eq!(kata("emptyDir shared"), "hi", "{}", s.output);
-    assert_eq!(kata("emptyDir on host"), "hi", "{}", s.output);
-    assert_eq!(kata("subPath file"), "single", "{}", s.output);
-    assert_eq!(kata("missing hostPath"), "writable", "{}", s.output);
-    assert_eq!(kata("read-only"), "refused", "{}", s.output);
-    assert_eq!(kata("projected update"), "v2", "{}", s.output);
+    // Volumes as kubelet hands them over.
+    for h in ["kata", "runc"] {
+        let line = |what: &str| s.after(&format!("{h} {what} ")).to_string();
+        assert_eq!(
+            line("resolv"),
+            "search svc.cluster.local nameserver 10.88.0.1 ",
+            "{h}\n{}",
+            s.output
+        );
+        assert_eq!(line("emptyDir shared"), "hi", "{h}\n{}", s.output);
+        assert_eq!(line("emptyDir on host"), "hi", "{h}\n{}", s.output);
+        assert_eq!(line("subPath file"), "single", "{h}\n{}", s.output);
+        assert_eq!(line("missing hostPath"), "writable", "{h}\n{}", s.output);
+        assert_eq!(line("read-only"), "refused", "{h}\n{}", s.output);
+        assert_eq!(line("projected update"), "v2", "{h}\n{}", s.output);
+    }
     assert_all_gone(s);
 }
 
@@ -195,11 +197,13 @@ fn exec_with_a_terminal_and_its_size_and_attach_with_stdin() {
     assert_eq!(s.status, 0, "{}", s.output);
     for h in ["kata", "runc"] {
         let line = |what: &str| s.after(&format!("{h} {what} ")).to_string();
-        if h == "kata" {
-            // kubectl exec -it: the terminal's size reaches the process; its exit code comes
-            // back. (runc's execs get no terminal in the test host: see the scenario.)
-            assert_eq!(line("exec tty"), "size 30 100 status 3", "{}", s.output);
-        }
+        // kubectl exec -it: the terminal's size reaches the process; its exit code comes back.
+        assert_eq!(
+            line("exec tty"),
+            "size 30 100 status 3",
+            "{h}\n{}",
+            s.output
+        );
         assert_eq!(line("exec stdin"), "err read piped ", "{h}\n{}", s.output);
         // kubectl attach: stdin reaches the container, its output comes back, it exits.
         assert_eq!(line("attach"), "got hello", "{h}\n{}", s.output);
