@@ -114,6 +114,7 @@ impl Containers {
                 "privileged container {id}: {n} guest devices added"
             ));
         }
+        crate::shm::ensure_pod_shm(&spec)?;
         let terminal = spec["process"]["terminal"].as_bool().unwrap_or(false);
         let cgroup = spec["linux"]["cgroupsPath"].as_str().map(str::to_string);
         {

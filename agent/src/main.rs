@@ -27,6 +27,7 @@ mod oom;
 mod process;
 mod rpc;
 mod seccomp;
+mod shm;
 
 use std::process::Command;
 use std::sync::Arc;

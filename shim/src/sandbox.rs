@@ -317,7 +317,11 @@ impl Sandbox {
         let cpuset = spec::cpuset(&oci).map_err(Error::Cpu)?;
         let oom_score_adj = spec::workload_oom_score_adj(&oci);
         let host_name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        let pod = spec::sandbox_id(&oci, &req.id);
         let mut guest = spec::for_guest(&req.id, oci, host_name.trim());
+        if let Some(bytes) = spec::shm_in_guest(&mut guest, &pod, spec::host_tmpfs_size) {
+            tracing::info!(container = %req.id, bytes, "/dev/shm: the pod's tmpfs in guest memory");
+        }
         if let Some(set) = cpuset.clone() {
             let list = self.place_cpus(&vm, &req.id, Some(set))?;
             spec::set_guest_cpus(&mut guest.spec, list.as_deref().unwrap_or_default());

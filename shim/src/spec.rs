@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use husk_agent_protocol::CONTAINER_NS_PREFIX;
+use husk_agent_protocol::{CONTAINER_NS_PREFIX, POD_SHM_DIR, POD_SHM_SIZE};
 
 use crate::cpus::{self, CpuError, CpuSet};
 use serde_json::Value;
@@ -172,6 +172,43 @@ pub fn for_guest(id: &str, mut spec: Value, host_name: &str) -> GuestSpec {
         binds,
         dropped,
     }
+}
+
+/// Moves a bind-mounted `/dev/shm` (CRI's tmpfs for the pod, or a memory-backed emptyDir) into
+/// guest memory: a tmpfs of the same size that the agent keeps per pod, shared by the pod's
+/// containers, instead of a host tmpfs reached through virtio-fs (slow for shared memory, and
+/// its pages held twice). `tmpfs_size` gives a host path's size when it is a tmpfs; any other
+/// source stays shared from the host. Returns the size given to the guest.
+pub fn shm_in_guest(
+    guest: &mut GuestSpec,
+    pod: &str,
+    tmpfs_size: impl Fn(&Path) -> Option<u64>,
+) -> Option<u64> {
+    let mounts = guest.spec["mounts"].as_array_mut()?;
+    let m = mounts.iter_mut().find(|m| m["destination"] == "/dev/shm")?;
+    let rel = m["source"]
+        .as_str()?
+        .strip_prefix(GUEST_SHARE)?
+        .trim_start_matches('/')
+        .to_string();
+    let at = guest.binds.iter().position(|b| b.share_rel == rel)?;
+    let size = tmpfs_size(&guest.binds[at].host)?;
+    m["source"] = Value::String(format!("{POD_SHM_DIR}/{pod}"));
+    guest.binds.remove(at);
+    guest.spec["annotations"][POD_SHM_SIZE] = Value::String(size.to_string());
+    Some(size)
+}
+
+/// The size in bytes of the tmpfs mounted at `path`, if a tmpfs is what is there.
+pub fn host_tmpfs_size(path: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statfs fills a zeroed struct from a NUL-terminated path; the result is checked.
+    let st = unsafe {
+        let mut st: libc::statfs = std::mem::zeroed();
+        (libc::statfs(c.as_ptr(), &mut st) == 0).then_some(st)
+    }?;
+    (st.f_type == libc::TMPFS_MAGIC).then(|| st.f_blocks as u64 * st.f_bsize as u64)
 }
 
 /// Reads `bundle/config.json`.
@@ -427,6 +464,34 @@ mod tests {
             guest["linux"]["resources"]["cpu"],
             json!({"cpus": "0-1", "shares": 2})
         );
+    }
+
+    #[test]
+    fn a_tmpfs_dev_shm_moves_into_the_guest_per_pod() {
+        let spec = json!({
+            "annotations": {"io.kubernetes.cri.sandbox-id": "pod1"},
+            "mounts": [
+                {"destination": "/data", "type": "bind", "source": "/host/data", "options": ["rbind"]},
+                {"destination": "/dev/shm", "type": "bind", "source": "/run/cri/pod1/shm",
+                 "options": ["rbind", "ro"]}
+            ]
+        });
+        let mut guest = for_guest("c", spec.clone(), "");
+        let size = shm_in_guest(&mut guest, "pod1", |p| {
+            (p == Path::new("/run/cri/pod1/shm")).then_some(64 << 20)
+        });
+        assert_eq!(size, Some(64 << 20));
+        assert_eq!(guest.spec["mounts"][1]["source"], "/run/husk/shm/pod1");
+        assert_eq!(guest.spec["mounts"][1]["options"], json!(["rbind", "ro"]));
+        assert_eq!(guest.spec["annotations"][POD_SHM_SIZE], "67108864");
+        // Only /data is still bound from the host.
+        assert_eq!(guest.binds.len(), 1);
+        assert_eq!(guest.binds[0].host, PathBuf::from("/host/data"));
+        // Not a tmpfs: it stays shared from the host.
+        let mut guest = for_guest("c", spec, "");
+        assert_eq!(shm_in_guest(&mut guest, "pod1", |_| None), None);
+        assert_eq!(guest.binds.len(), 2);
+        assert_eq!(host_tmpfs_size(Path::new("/surely/not/here")), None);
     }
 
     #[test]

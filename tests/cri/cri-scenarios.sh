@@ -220,7 +220,8 @@ s_streams() {
 
 # A privileged pod under husk: its privileged container gets the guest's devices (the serial
 # port here) and the capabilities to use them in the guest, never the host's devices (the test
-# host's /dev/kvm); a plain sibling gets neither. /dev/shm is the pod's, sized as CRI made it.
+# host's /dev/kvm); a plain sibling gets neither. /dev/shm is the pod's, sized as CRI made it,
+# in guest memory.
 s_privileged() {
   local pod c p has='for d in "$@"; do [ -e "$d" ] && echo -n "$d "; done; echo'
   pod=$(cri runp --name priv --uid priv --privileged --runtime-handler kata) || return 1
@@ -233,7 +234,7 @@ s_privileged() {
   echo "plain devices $(cri exec-sync "$p" -- sh -c "$has" - /dev/ttyS0 /dev/kvm /dev/vsock)"
   echo "privileged mount $(cri exec-sync "$c" -- sh -c 'mkdir -p /mnt/t && mount -t tmpfs t /mnt/t && echo ok')"
   echo "plain mount $(cri exec-sync "$p" -- sh -c 'mkdir -p /mnt/t && mount -t tmpfs t /mnt/t 2>/dev/null && echo ok || echo refused')"
-  # statfs of the path (df goes by device number, and every virtio-fs mount in the guest has one).
+  echo "shm type $(cri exec-sync "$c" -- stat -f -c %T /dev/shm)"
   echo "shm size $(cri exec-sync "$c" -- stat -f -c '%b %S' /dev/shm | awk '{print $1 * $2 / 1024}')"
   echo "shm shared $(cri exec-sync "$c" -- sh -c 'echo x > /dev/shm/seg' && cri exec-sync "$p" -- cat /dev/shm/seg)"
   cri stopp "$pod" >/dev/null && cri rmp "$pod" >/dev/null

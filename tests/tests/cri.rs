@@ -172,7 +172,7 @@ fn cpusets_pin_the_vcpus_and_oom_scores_reach_the_vmm_in_the_pods_cgroup() {
     assert_eq!(line("kata", "vcpu0 cpus"), cpu, "{}", s.output);
     assert_eq!(line("kata", "sandbox cgroup cpuset"), cpu, "{}", s.output);
     // The VMM (and its jail's waiter) take the container's OOM score, not the pause's -998.
-    assert_eq!(line("kata", "vmm oom_score_adj"), "500", "{}", s.output);
+    assert_eq!(line("kata", "vmm oom_score_adj").trim(), "500", "{}", s.output);
     // The pod's cgroup_parent holds the sandbox cgroup, which holds every VMM thread and, with
     // sandbox_cgroup_only, the shim.
     assert_eq!(
@@ -229,7 +229,8 @@ fn privileged_pods_get_the_guests_devices_never_the_hosts() {
     assert_eq!(devices("plain"), "", "{}", s.output);
     assert_eq!(s.after("privileged mount "), "ok", "{}", s.output);
     assert_eq!(s.after("plain mount "), "refused", "{}", s.output);
-    // CRI's 64 MiB /dev/shm, one for the whole pod.
+    // CRI's 64 MiB /dev/shm, one for the whole pod, in guest memory.
+    assert_eq!(s.after("shm type "), "tmpfs", "{}", s.output);
     assert_eq!(s.after("shm size "), "65536", "{}", s.output);
     assert_eq!(s.after("shm shared "), "x", "{}", s.output);
     assert_eq!(s.after("removed "), "0", "{}", s.output);

@@ -56,6 +56,14 @@ pub fn read_header_line(mut from: impl std::io::Read, max: usize) -> std::io::Re
 /// sandbox container's UTS, IPC and PID namespaces.
 pub const CONTAINER_NS_PREFIX: &str = "container:";
 
+/// Where the agent keeps each pod's /dev/shm in guest memory: a tmpfs at `POD_SHM_DIR/<pod id>`,
+/// mounted when the first container that names it is created and shared by the pod's
+/// containers, as CRI's tmpfs on the host is under runc.
+pub const POD_SHM_DIR: &str = "/run/husk/shm";
+
+/// The annotation that gives that tmpfs its size, in bytes (the host tmpfs's size).
+pub const POD_SHM_SIZE: &str = "io.husk.pod-shm-size";
+
 pub use ttrpc;
 
 /// Whether `id` (a container or exec id, which both sides turn into file names) is a plain name:
