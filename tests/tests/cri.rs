@@ -172,7 +172,12 @@ fn cpusets_pin_the_vcpus_and_oom_scores_reach_the_vmm_in_the_pods_cgroup() {
     assert_eq!(line("kata", "vcpu0 cpus"), cpu, "{}", s.output);
     assert_eq!(line("kata", "sandbox cgroup cpuset"), cpu, "{}", s.output);
     // The VMM (and its jail's waiter) take the container's OOM score, not the pause's -998.
-    assert_eq!(line("kata", "vmm oom_score_adj").trim(), "500", "{}", s.output);
+    assert_eq!(
+        line("kata", "vmm oom_score_adj").trim(),
+        "500",
+        "{}",
+        s.output
+    );
     // The pod's cgroup_parent holds the sandbox cgroup, which holds every VMM thread and, with
     // sandbox_cgroup_only, the shim.
     assert_eq!(
