@@ -36,59 +36,52 @@ fn assert_all_gone(s: &Section) {
     assert_nothing_left(s, &kinds);
 }
 
+/// Checks the scenario's lines `<prefix> <what> <value>` (`<what> <value>` with no prefix): each
+/// `(what, want)` pair, trailing blanks aside.
+fn expect(s: &Section, prefix: &str, pairs: &[(&str, &str)]) {
+    for (what, want) in pairs {
+        let key = match prefix {
+            "" => format!("{what} "),
+            p => format!("{p} {what} "),
+        };
+        assert_eq!(s.after(&key).trim_end(), *want, "{key}\n{}", s.output);
+    }
+}
+
 #[test]
 fn a_pod_is_one_vm_whose_containers_share_hostname_ipc_and_volumes() {
     let s = section("pod");
     assert_eq!(s.status, 0, "{}", s.output);
     for h in ["kata", "runc"] {
-        let line = |what: &str| s.after(&format!("{h} {what} ")).to_string();
-        assert_eq!(line("pod ip"), "10.88.0", "{h}\n{}", s.output);
-        assert_eq!(line("app state"), "CONTAINER_RUNNING", "{h}\n{}", s.output);
-        assert_eq!(line("side state"), "CONTAINER_RUNNING", "{h}\n{}", s.output);
-        // PodSandboxConfig.hostname, in every container of the pod.
-        assert_eq!(line("hostname"), "web-0", "{h}\n{}", s.output);
-        assert_eq!(line("side hostname"), "web-0", "{h}\n{}", s.output);
-        assert_eq!(line("ipc shared"), "ipc: same", "{h}\n{}", s.output);
-        // ExecSync: exit codes, and a timeout that ends the call.
-        assert_eq!(line("exec-sync status"), "7", "{h}\n{}", s.output);
-        assert!(
-            line("exec-sync timeout status").contains("DEADLINE_EXCEEDED"),
-            "{h}\n{}",
-            s.output
-        );
-        assert_eq!(line("stats"), "cpu True memory True", "{h}\n{}", s.output);
-        // One container replaced while its sibling runs on.
-        assert_eq!(
-            line("replaced state"),
-            "CONTAINER_RUNNING side CONTAINER_RUNNING",
-            "{h}\n{}",
-            s.output
-        );
-        // stdout, stderr and /dev/stdout in the CRI log file, in CRI's format.
-        assert_eq!(
-            line("log"),
-            "stderr F err-line|stdout F dev-stdout|stdout F out-line|",
-            "{h}\n{}",
-            s.output
-        );
-        assert_eq!(line("log format"), "1", "{h}\n{}", s.output);
-        assert_eq!(line("removed"), "0", "{h}\n{}", s.output);
-    }
-    // Volumes as kubelet hands them over.
-    for h in ["kata", "runc"] {
-        let line = |what: &str| s.after(&format!("{h} {what} ")).to_string();
-        assert_eq!(
-            line("resolv"),
-            "search svc.cluster.local nameserver 10.88.0.1 ",
-            "{h}\n{}",
-            s.output
-        );
-        assert_eq!(line("emptyDir shared"), "hi", "{h}\n{}", s.output);
-        assert_eq!(line("emptyDir on host"), "hi", "{h}\n{}", s.output);
-        assert_eq!(line("subPath file"), "single", "{h}\n{}", s.output);
-        assert_eq!(line("missing hostPath"), "writable", "{h}\n{}", s.output);
-        assert_eq!(line("read-only"), "refused", "{h}\n{}", s.output);
-        assert_eq!(line("projected update"), "v2", "{h}\n{}", s.output);
+        #[rustfmt::skip]
+        expect(s, h, &[
+            ("pod ip", "10.88.0"),
+            ("app state", "CONTAINER_RUNNING"),
+            ("side state", "CONTAINER_RUNNING"),
+            // PodSandboxConfig.hostname, in every container of the pod.
+            ("hostname", "web-0"),
+            ("side hostname", "web-0"),
+            ("ipc shared", "ipc: same"),
+            // ExecSync's exit codes (its timeout below).
+            ("exec-sync status", "7"),
+            ("stats", "cpu True memory True"),
+            // One container replaced while its sibling runs on.
+            ("replaced state", "CONTAINER_RUNNING side CONTAINER_RUNNING"),
+            // stdout, stderr and /dev/stdout in the CRI log file, in CRI's format.
+            ("log", "stderr F err-line|stdout F dev-stdout|stdout F out-line|"),
+            ("log format", "1"),
+            // Volumes as kubelet hands them over.
+            ("resolv", "search svc.cluster.local nameserver 10.88.0.1"),
+            ("emptyDir shared", "hi"),
+            ("emptyDir on host", "hi"),
+            ("subPath file", "single"),
+            ("missing hostPath", "writable"),
+            ("read-only", "refused"),
+            ("projected update", "v2"),
+            ("removed", "0"),
+        ]);
+        let timeout = s.after(&format!("{h} exec-sync timeout status "));
+        assert!(timeout.contains("DEADLINE_EXCEEDED"), "{h}\n{}", s.output);
     }
     assert_all_gone(s);
 }
@@ -106,12 +99,7 @@ fn host_namespace_pods_are_refused_by_field_and_run_with_runc() {
         assert!(kata.starts_with("refused:"), "{flag}\n{}", s.output);
         assert!(kata.contains(field), "{flag}\n{}", s.output);
         assert!(kata.contains("runc"), "{flag}\n{}", s.output);
-        assert_eq!(
-            s.after(&format!("runc {flag} ")),
-            "accepted",
-            "{}",
-            s.output
-        );
+        expect(s, "runc", &[(flag, "accepted")]);
     }
     assert_all_gone(s);
 }
@@ -120,12 +108,11 @@ fn host_namespace_pods_are_refused_by_field_and_run_with_runc() {
 fn memory_limits_reach_the_guest_or_are_refused_beyond_the_vm() {
     let s = section("memory");
     assert_eq!(s.status, 0, "{}", s.output);
-    assert_eq!(s.after("small memory.max "), "67108864", "{}", s.output);
+    expect(s, "", &[("small memory.max", "67108864"), ("removed", "0")]);
     let big = s.after("big ");
     assert!(big.starts_with("refused:"), "{}", s.output);
     assert!(big.contains("4096 MiB"), "{}", s.output);
     assert!(big.contains("default_memory"), "{}", s.output);
-    assert_eq!(s.after("removed "), "0", "{}", s.output);
     assert_all_gone(s);
 }
 
@@ -134,18 +121,15 @@ fn port_forward_reaches_servers_on_any_address_loopback_and_the_pod_ip() {
     let s = section("port_forward");
     assert_eq!(s.status, 0, "{}", s.output);
     for h in ["kata", "runc"] {
-        for port in [8080, 8081] {
-            assert_eq!(
-                s.after(&format!("{h} port {port}: ")),
-                "hello-pf",
-                "{}",
-                s.output
-            );
-        }
+        expect(
+            s,
+            h,
+            &[("port 8080:", "hello-pf"), ("port 8081:", "hello-pf")],
+        );
     }
     // A server on the pod IP alone: husk reaches it. (containerd 1.6 dials localhost in the
     // pod's namespace, so runc's pods do not: that line is only printed.)
-    assert_eq!(s.after("kata port 8082: "), "hello-pf", "{}", s.output);
+    expect(s, "kata", &[("port 8082:", "hello-pf")]);
     assert_all_gone(s);
 }
 
@@ -153,46 +137,33 @@ fn port_forward_reaches_servers_on_any_address_loopback_and_the_pod_ip() {
 fn cpusets_pin_the_vcpus_and_oom_scores_reach_the_vmm_in_the_pods_cgroup() {
     let s = section("resources");
     assert_eq!(s.status, 0, "{}", s.output);
-    let cpu = s.after("asked cpu ").to_string();
-    let line = |h: &str, what: &str| s.after(&format!("{h} {what} ")).to_string();
-    for h in ["kata", "runc"] {
-        assert_eq!(line(h, "state"), "CONTAINER_RUNNING", "{}", s.output);
-        assert_eq!(line(h, "container oom_score_adj"), "500", "{}", s.output);
-        assert_eq!(line(h, "removed"), "0", "{}", s.output);
-    }
-    // runc: the host CPU itself. husk: in the guest, the one vCPU, which runs on that CPU.
-    assert_eq!(line("runc", "container cpuset"), cpu, "{}", s.output);
-    assert_eq!(
-        line("runc", "container cgroup below parent"),
-        "yes",
-        "{}",
-        s.output
-    );
-    assert_eq!(line("kata", "container cpuset"), "0", "{}", s.output);
-    assert_eq!(line("kata", "vcpu0 cpus"), cpu, "{}", s.output);
-    assert_eq!(line("kata", "sandbox cgroup cpuset"), cpu, "{}", s.output);
-    // The VMM (and its jail's waiter) take the container's OOM score, not the pause's -998.
-    assert_eq!(
-        line("kata", "vmm oom_score_adj").trim(),
-        "500",
-        "{}",
-        s.output
-    );
-    // The pod's cgroup_parent holds the sandbox cgroup, which holds every VMM thread and, with
-    // sandbox_cgroup_only, the shim.
-    assert_eq!(
-        line("kata", "sandbox cgroup below parent"),
-        "yes",
-        "{}",
-        s.output
-    );
-    assert_eq!(line("kata", "vmm threads cgroups"), "1", "{}", s.output);
-    assert_eq!(
-        line("kata", "shim in sandbox cgroup"),
-        "yes",
-        "{}",
-        s.output
-    );
+    let cpu = s.after("asked cpu ");
+    #[rustfmt::skip]
+    expect(s, "runc", &[
+        ("state", "CONTAINER_RUNNING"),
+        // The host CPU itself.
+        ("container cpuset", cpu),
+        ("container oom_score_adj", "500"),
+        ("container cgroup below parent", "yes"),
+        ("removed", "0"),
+    ]);
+    #[rustfmt::skip]
+    expect(s, "kata", &[
+        ("state", "CONTAINER_RUNNING"),
+        // In the guest, the one vCPU, which runs on that CPU; the sandbox cgroup has it too.
+        ("container cpuset", "0"),
+        ("vcpu0 cpus", cpu),
+        ("sandbox cgroup cpuset", cpu),
+        // The VMM (and its jail's waiter) take the container's OOM score, not the pause's -998.
+        ("container oom_score_adj", "500"),
+        ("vmm oom_score_adj", "500"),
+        // The pod's cgroup_parent holds the sandbox cgroup, which holds every VMM thread and,
+        // with sandbox_cgroup_only, the shim.
+        ("sandbox cgroup below parent", "yes"),
+        ("vmm threads cgroups", "1"),
+        ("shim in sandbox cgroup", "yes"),
+        ("removed", "0"),
+    ]);
     assert_all_gone(s);
 }
 
@@ -201,19 +172,16 @@ fn exec_with_a_terminal_and_its_size_and_attach_with_stdin() {
     let s = section("streams");
     assert_eq!(s.status, 0, "{}", s.output);
     for h in ["kata", "runc"] {
-        let line = |what: &str| s.after(&format!("{h} {what} ")).to_string();
-        // kubectl exec -it: the terminal's size reaches the process; its exit code comes back.
-        assert_eq!(
-            line("exec tty"),
-            "size 30 100 status 3",
-            "{h}\n{}",
-            s.output
-        );
-        assert_eq!(line("exec stdin"), "err read piped ", "{h}\n{}", s.output);
-        // kubectl attach: stdin reaches the container, its output comes back, it exits.
-        assert_eq!(line("attach"), "got hello", "{h}\n{}", s.output);
-        assert_eq!(line("reader"), "CONTAINER_EXITED", "{h}\n{}", s.output);
-        assert_eq!(line("removed"), "0", "{h}\n{}", s.output);
+        #[rustfmt::skip]
+        expect(s, h, &[
+            // kubectl exec -it: the terminal's size reaches the process; its exit code comes back.
+            ("exec tty", "size 30 100 status 3"),
+            ("exec stdin", "err read piped"),
+            // kubectl attach: stdin reaches the container, its output comes back, it exits.
+            ("attach", "got hello"),
+            ("reader", "CONTAINER_EXITED"),
+            ("removed", "0"),
+        ]);
     }
     assert_all_gone(s);
 }
@@ -222,22 +190,19 @@ fn exec_with_a_terminal_and_its_size_and_attach_with_stdin() {
 fn privileged_pods_get_the_guests_devices_never_the_hosts() {
     let s = section("privileged");
     assert_eq!(s.status, 0, "{}", s.output);
-    assert_eq!(
-        s.after("state "),
-        "CONTAINER_RUNNING CONTAINER_RUNNING",
-        "{}",
-        s.output
-    );
-    // The guest's serial port, not the node's /dev/kvm, nor the agent's vsock.
-    let devices = |who: &str| s.after(&format!("{who} devices ")).trim().to_string();
-    assert_eq!(devices("privileged"), "/dev/ttyS0", "{}", s.output);
-    assert_eq!(devices("plain"), "", "{}", s.output);
-    assert_eq!(s.after("privileged mount "), "ok", "{}", s.output);
-    assert_eq!(s.after("plain mount "), "refused", "{}", s.output);
-    // CRI's 64 MiB /dev/shm, one for the whole pod, in guest memory.
-    assert_eq!(s.after("shm type "), "tmpfs", "{}", s.output);
-    assert_eq!(s.after("shm size "), "65536", "{}", s.output);
-    assert_eq!(s.after("shm shared "), "x", "{}", s.output);
-    assert_eq!(s.after("removed "), "0", "{}", s.output);
+    #[rustfmt::skip]
+    expect(s, "", &[
+        ("state", "CONTAINER_RUNNING CONTAINER_RUNNING"),
+        // The guest's serial port, not the node's /dev/kvm, nor the agent's vsock.
+        ("privileged devices", "/dev/ttyS0"),
+        ("plain devices", ""),
+        ("privileged mount", "ok"),
+        ("plain mount", "refused"),
+        // CRI's 64 MiB /dev/shm, one for the whole pod, in guest memory.
+        ("shm type", "tmpfs"),
+        ("shm size", "65536"),
+        ("shm shared", "x"),
+        ("removed", "0"),
+    ]);
     assert_all_gone(s);
 }
