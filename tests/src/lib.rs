@@ -112,6 +112,17 @@ pub fn run_batch(scenarios: &[(&str, String)]) -> Batch {
     testhost_batch(&["sh", "-c", &script], &timeout)
 }
 
+/// The batch of a scenario script that drives containerd with our shim (`script`, relative to
+/// the repository): the VMM, guest image and shim must be built, and `extra` artifacts too.
+pub fn shim_scenarios_batch(script: &str, extra: &[&str]) -> Batch {
+    let _ = (vmm(), kernel(), initrd());
+    let _ = artifact("target/release/containerd-shim-kata-v2");
+    for a in extra {
+        let _ = artifact(a);
+    }
+    testhost_batch(&[&repo().join(script).to_string_lossy()], "900")
+}
+
 /// Runs `args` in the test host (from the repository, within `timeout` seconds) and splits its
 /// stdout into the sections it framed with `=== begin` / `=== end` lines.
 /// A test host whose emulated machine stalls (rare, under TCG) is killed by run.sh with status

@@ -4,18 +4,15 @@
 
 use std::sync::OnceLock;
 
-use husk_integration::{
-    artifact, assert_nothing_left, initrd, kernel, repo, testhost_batch, vmm, Batch, Section,
-};
+use husk_integration::{assert_nothing_left, shim_scenarios_batch, Batch, Section};
 
 fn batch() -> &'static Batch {
     static BATCH: OnceLock<Batch> = OnceLock::new();
     BATCH.get_or_init(|| {
-        let _ = (vmm(), kernel(), initrd());
-        let _ = artifact("target/release/containerd-shim-kata-v2");
-        let _ = artifact("target/release/husk-task-update");
-        let script = repo().join("tests/containerd/husk-scenarios.sh");
-        testhost_batch(&[&script.to_string_lossy()], "900")
+        shim_scenarios_batch(
+            "tests/containerd/husk-scenarios.sh",
+            &["target/release/husk-task-update"],
+        )
     })
 }
 

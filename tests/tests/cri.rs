@@ -4,18 +4,11 @@
 
 use std::sync::OnceLock;
 
-use husk_integration::{
-    artifact, assert_nothing_left, initrd, kernel, repo, testhost_batch, vmm, Batch, Section,
-};
+use husk_integration::{assert_nothing_left, shim_scenarios_batch, Batch, Section};
 
 fn batch() -> &'static Batch {
     static BATCH: OnceLock<Batch> = OnceLock::new();
-    BATCH.get_or_init(|| {
-        let _ = (vmm(), kernel(), initrd());
-        let _ = artifact("target/release/containerd-shim-kata-v2");
-        let script = repo().join("tests/cri/cri-scenarios.sh");
-        testhost_batch(&[&script.to_string_lossy()], "900")
-    })
+    BATCH.get_or_init(|| shim_scenarios_batch("tests/cri/cri-scenarios.sh", &[]))
 }
 
 fn section(name: &str) -> &'static Section {
