@@ -355,7 +355,9 @@ impl Sandbox {
         if let Err(e) = result {
             self.host.unmount_container(&req.id);
             if cpuset.is_some() {
-                let _ = self.place_cpus(&vm, &req.id, None);
+                if let Err(e) = self.place_cpus(&vm, &req.id, None) {
+                    tracing::warn!(container = %req.id, error = %e.chain(), "cannot place the vCPUs again after a failed create");
+                }
             }
             return Err(e);
         }
