@@ -1020,17 +1020,12 @@ def cmd_port_forward_url(c, a):
     print(c.port_forward(a.pod, [a.port]).url)
 
 
-def _run_stream(a, open_stream):
-    """Exec and Attach alike: stdin from the options, the stream's URL from `open_stream(a)`,
-    our stdout and stderr for its output. Returns (status_json_text, timed_out)."""
+def cmd_exec(c, a):
     data = _payload(a.stdin_data, a.stdin_file)
     a.stdin = a.stdin or data is not None
-    url = open_stream(a).url
-    return remote_command(url, data, sys.stdout.buffer, sys.stderr.buffer, a.timeout, _size(a.size))
-
-
-def cmd_exec(c, a):
-    status, timed_out = _run_stream(a, lambda a: c.exec(_exec_req(a)))
+    url = c.exec(_exec_req(a)).url
+    status, timed_out = remote_command(url, data, sys.stdout.buffer, sys.stderr.buffer, a.timeout,
+                                       _size(a.size))
     if timed_out:
         print("cri: Exec: timeout: no end of stream after %ss" % a.timeout, file=sys.stderr)
         return 124
@@ -1038,7 +1033,11 @@ def cmd_exec(c, a):
 
 
 def cmd_attach(c, a):
-    status, timed_out = _run_stream(a, lambda a: c.attach(_attach_req(a)))
+    data = _payload(a.stdin_data, a.stdin_file)
+    a.stdin = a.stdin or data is not None
+    url = c.attach(_attach_req(a)).url
+    status, timed_out = remote_command(url, data, sys.stdout.buffer, sys.stderr.buffer, a.timeout,
+                                       _size(a.size))
     # Attach runs until the container exits; a timeout is a normal way out.
     return 0 if timed_out else exit_code_from_status(status)
 
